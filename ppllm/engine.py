@@ -1,0 +1,116 @@
+"""The engine: runs all live particles' `step()` together, batching their LM requests.
+
+Each particle's step is a coroutine. The engine advances every coroutine until it awaits
+a `Request`, groups the round's requests by backend, answers identical ones once, sends
+each answer back, and repeats until every step has returned. Particles are visited in
+slot order and draws come from per-particle streams, so results are independent of the
+batch size (`max_batch`) and of which other particles share a round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .program import Program, ProgramError, WeightError, run_step
+from .request import Request
+from .rng import Rng
+
+__all__ = ["Engine", "EngineStats"]
+
+
+@dataclass
+class EngineStats:
+    """What the engine asked of its backends: rounds, backend calls and requests."""
+
+    rounds: int = 0
+    backend_calls: int = 0
+    requests: int = 0
+    unique_requests: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Engine:
+    """Batches requests across particles. `max_batch` caps requests per backend call."""
+
+    def __init__(self, max_batch: int | None = None) -> None:
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.stats = EngineStats()
+
+    def step(self, programs: Sequence[Program], rngs: Sequence[Rng], t: int | None = None) -> np.ndarray:
+        """Run one `step()` of each program; return their log-weight increments (float64)."""
+        coros = {i: run_step(p, rng) for i, (p, rng) in enumerate(zip(programs, rngs, strict=True))}
+        return self.drive(coros, t)
+
+    def drive(self, coros: dict[int, Any], t: int | None = None) -> np.ndarray:
+        """Advance coroutines keyed by slot to completion, answering requests in batches."""
+        out = np.zeros(len(coros), dtype=np.float64)
+        slots = sorted(coros)
+        index = {s: j for j, s in enumerate(slots)}
+        answers: dict[int, Any] = dict.fromkeys(slots)
+        live = list(slots)
+        while live:
+            waiting: list[tuple[int, Request]] = []
+            for s in live:
+                try:
+                    req = coros[s].send(answers[s])
+                except StopIteration as done:
+                    out[index[s]] = done.value
+                    continue
+                except WeightError as e:
+                    raise WeightError(f"particle {s}{_at(t)}: {e}") from e
+                except Exception as e:
+                    raise ProgramError(
+                        f"particle {s}{_at(t)} raised {type(e).__name__}: {e}"
+                    ) from e
+                if not isinstance(req, Request):
+                    coros[s].close()
+                    raise ProgramError(
+                        f"particle {s}{_at(t)} awaited {req!r}; a step may only await ppllm "
+                        "primitives (sample, observe, LM and reward requests)"
+                    )
+                waiting.append((s, req))
+            live = [s for s, _ in waiting]
+            if waiting:
+                self._answer(waiting, answers)
+        return out
+
+    def _answer(self, waiting: list[tuple[int, Request]], answers: dict[int, Any]) -> None:
+        self.stats.rounds += 1
+        self.stats.requests += len(waiting)
+        by_backend: dict[int, tuple[Any, dict[Any, list[int]], list[Request]]] = {}
+        for s, req in waiting:
+            backend, slots_by_key, unique = by_backend.setdefault(id(req.backend), (req.backend, {}, []))
+            k = req.key()
+            if k not in slots_by_key:
+                slots_by_key[k] = []
+                unique.append(req)
+            slots_by_key[k].append(s)
+        for backend, slots_by_key, unique in by_backend.values():
+            self.stats.unique_requests += len(unique)
+            size = self.max_batch or len(unique)
+            results: list[Any] = []
+            for lo in range(0, len(unique), size):
+                batch = unique[lo : lo + size]
+                got = backend.evaluate(batch)
+                if len(got) != len(batch):
+                    raise RuntimeError(
+                        f"{type(backend).__name__}.evaluate returned {len(got)} answers "
+                        f"for {len(batch)} requests"
+                    )
+                results.extend(got)
+                self.stats.backend_calls += 1
+            for req, res in zip(unique, results, strict=True):
+                for s in slots_by_key[req.key()]:
+                    answers[s] = res
+
+
+def _at(t: int | None) -> str:
+    return "" if t is None else f" at step {t}"

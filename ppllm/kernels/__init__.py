@@ -1,0 +1,5 @@
+"""Inference kernels, each a composition of population operations (docs/kernels/)."""
+
+from . import smc
+
+__all__ = ["smc"]

@@ -1,0 +1,339 @@
+"""The LM interface shared by every backend, and the LM distributions programs sample from.
+
+A backend implements one batched question, `logprobs(contexts)`: the next-token
+log-probabilities (float64) after each token sequence. Everything else — temperature,
+masks, top-p, chunks until a stop string — is built on it here, identically for every
+backend. Draws use the particle's own `Rng`, never the backend, so batching cannot
+change a result.
+
+- `lm.next_token(ctx, temperature=, mask=, top_p=)` → a distribution over token ids
+- `lm.chunk(ctx, stop=, max_tokens=, ...)` → a distribution over `Chunk`s (token runs)
+
+At temperature T ≠ 1 the draw also carries the untempered model's log-probability, so
+`sample(lm.next_token(ctx), proposal=lm.next_token(ctx, temperature=0.7))` corrects for
+the proposal at no extra cost, while `sample(lm.next_token(ctx, temperature=0.7))`
+explicitly targets the tempered model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..distributions import Distribution, Draw
+from ..program import Shared
+from ..request import Request
+from ..rng import Rng
+
+__all__ = [
+    "LM",
+    "Context",
+    "Chunk",
+    "NextToken",
+    "ChunkDistribution",
+    "NextTokenLogprobs",
+    "ContinuationLogprobs",
+    "transform_logprobs",
+]
+
+
+@dataclass(frozen=True)
+class Context:
+    """An immutable token sequence (prompt plus what was generated). Cheap to share."""
+
+    tokens: tuple[int, ...]
+
+    def extend(self, more: int | Iterable[int]) -> Context:
+        if isinstance(more, int | np.integer):
+            return Context(self.tokens + (int(more),))
+        if isinstance(more, Chunk):
+            return Context(self.tokens + more.tokens)
+        return Context(self.tokens + tuple(int(t) for t in more))
+
+    def __add__(self, more: int | Iterable[int]) -> Context:
+        return self.extend(more)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __deepcopy__(self, memo: dict) -> Context:
+        return self  # immutable: particles can share it
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A run of tokens sampled as one step, with its text."""
+
+    tokens: tuple[int, ...]
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __deepcopy__(self, memo: dict) -> Chunk:
+        return self
+
+
+class NextTokenLogprobs(Request):
+    """Next-token log-probabilities after `tokens` (a float64 vector over the vocabulary)."""
+
+    __slots__ = ("backend", "tokens")
+
+    def __init__(self, lm: LM, tokens: tuple[int, ...]) -> None:
+        self.backend = lm
+        self.tokens = tokens
+
+    def key(self) -> Hashable:
+        return ("next", self.tokens)
+
+
+class ContinuationLogprobs(Request):
+    """Log-probability vectors at each position of `continuation` after `tokens`: shape (L, V)."""
+
+    __slots__ = ("backend", "tokens", "continuation")
+
+    def __init__(self, lm: LM, tokens: tuple[int, ...], continuation: tuple[int, ...]) -> None:
+        self.backend = lm
+        self.tokens = tokens
+        self.continuation = continuation
+
+    def key(self) -> Hashable:
+        return ("cont", self.tokens, self.continuation)
+
+
+def transform_logprobs(
+    logprobs: np.ndarray,
+    temperature: float = 1.0,
+    mask: np.ndarray | None = None,
+    top_p: float | None = None,
+) -> np.ndarray:
+    """The normalised log-probabilities actually sampled from: tempered, masked, truncated."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    if temperature != 1.0:
+        lp = lp / temperature
+    if mask is not None:
+        lp = np.where(mask, lp, -np.inf)
+    lp = lp - _logsumexp(lp)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-lp, kind="stable")
+        cum = np.cumsum(np.exp(lp[order]))
+        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        keep = int(np.searchsorted(cum, top_p, side="left")) + 1
+        dropped = order[keep:]
+        lp = lp.copy()
+        lp[dropped] = -np.inf
+        lp = lp - _logsumexp(lp)
+    return lp
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    m = np.max(x)
+    if m == -np.inf:
+        raise ValueError("every token is masked out: the distribution is empty")
+    return float(m + np.log(np.sum(np.exp(x - m))))
+
+
+class LM(Shared):
+    """Base class of LM backends. Subclasses implement `logprobs` and the tokenizer bits."""
+
+    vocab_size: int
+    eos_token_id: int | None = None
+    name: str = "lm"
+
+    # ---------------------------------------------------------- backend interface
+    def logprobs(self, contexts: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+        """Next-token log-probabilities (float64, length vocab_size) after each context."""
+        raise NotImplementedError
+
+    def continuation_logprobs(
+        self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
+    ) -> list[np.ndarray]:
+        """For each (context, continuation): log-prob vectors at each continuation position.
+
+        Default: one next-token query per position; backends override it with one forward.
+        """
+        flat = [ctx + cont[:i] for ctx, cont in pairs for i in range(len(cont))]
+        rows = self.logprobs(flat) if flat else []
+        out, k = [], 0
+        for _, cont in pairs:
+            out.append(np.stack(rows[k : k + len(cont)]) if cont else np.zeros((0, self.vocab_size)))
+            k += len(cont)
+        return out
+
+    def evaluate(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        """Answer a round of requests: all next-token queries in one `logprobs` call."""
+        out: list[np.ndarray | None] = [None] * len(requests)
+        nxt = [(i, r) for i, r in enumerate(requests) if isinstance(r, NextTokenLogprobs)]
+        cont = [(i, r) for i, r in enumerate(requests) if isinstance(r, ContinuationLogprobs)]
+        if len(nxt) + len(cont) != len(requests):
+            bad = next(r for r in requests if not isinstance(r, NextTokenLogprobs | ContinuationLogprobs))
+            raise TypeError(f"{type(self).__name__} cannot answer {type(bad).__name__}")
+        if nxt:
+            for (i, _), lp in zip(nxt, self.logprobs([r.tokens for _, r in nxt]), strict=True):
+                out[i] = lp
+        if cont:
+            got = self.continuation_logprobs([(r.tokens, r.continuation) for _, r in cont])
+            for (i, _), lp in zip(cont, got, strict=True):
+                out[i] = lp
+        return out  # type: ignore[return-value]
+
+    # ---------------------------------------------------------- tokenizer interface
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def context(self, prompt: str | Sequence[int] = "") -> Context:
+        """A context from text or token ids; token ids are checked against the vocabulary."""
+        tokens = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(
+                f"prompt has token ids outside the vocabulary of {self.name} "
+                f"(size {self.vocab_size}): {bad[:5]}"
+            )
+        return Context(tuple(tokens))
+
+    # ---------------------------------------------------------- distributions
+    def next_token(
+        self,
+        ctx: Context,
+        temperature: float = 1.0,
+        mask: Sequence[int] | np.ndarray | None = None,
+        top_p: float | None = None,
+    ) -> NextToken:
+        return NextToken(self, ctx, temperature, mask, top_p)
+
+    def chunk(
+        self,
+        ctx: Context,
+        stop: str | Sequence[str] | None = None,
+        max_tokens: int = 32,
+        temperature: float = 1.0,
+        mask: Sequence[int] | np.ndarray | None = None,
+        top_p: float | None = None,
+    ) -> ChunkDistribution:
+        return ChunkDistribution(self, ctx, stop, max_tokens, temperature, mask, top_p)
+
+    def mask_of(self, mask: Sequence[int] | np.ndarray | None) -> np.ndarray | None:
+        """A boolean vocabulary mask from token ids or a boolean array."""
+        if mask is None:
+            return None
+        m = np.asarray(mask)
+        if m.dtype == bool:
+            if m.shape != (self.vocab_size,):
+                raise ValueError(f"boolean mask must have shape ({self.vocab_size},)")
+            return m
+        out = np.zeros(self.vocab_size, dtype=bool)
+        out[m.astype(int)] = True
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size})"
+
+
+class _Sampling:
+    """Settings shared by LM distributions: how raw log-probabilities become a proposal."""
+
+    def __init__(self, lm: LM, ctx: Context, temperature: float, mask, top_p: float | None):
+        if not isinstance(ctx, Context):
+            raise TypeError(f"expected a Context (lm.context(prompt)), got {type(ctx).__name__}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self.lm, self.ctx, self.temperature, self.top_p = lm, ctx, float(temperature), top_p
+        self.mask = lm.mask_of(mask)
+
+    @property
+    def is_plain(self) -> bool:
+        """True when this is the model itself (no temperature, mask or truncation)."""
+        return self.temperature == 1.0 and self.mask is None and (self.top_p in (None, 1.0))
+
+    def transform(self, lp: np.ndarray) -> np.ndarray:
+        if self.is_plain:
+            return lp
+        return transform_logprobs(lp, self.temperature, self.mask, self.top_p)
+
+
+class NextToken(_Sampling, Distribution):
+    """The next token's distribution under the LM (optionally tempered / masked / top-p)."""
+
+    async def sample(self, rng: Rng) -> Draw:
+        base = await NextTokenLogprobs(self.lm, self.ctx.tokens)
+        lq = self.transform(base)
+        tok = rng.categorical(np.exp(lq))
+        return Draw(tok, float(lq[tok]), {"model_log_prob": float(base[tok]), "source": self._src()})
+
+    async def log_prob(self, value: int) -> float:
+        base = await NextTokenLogprobs(self.lm, self.ctx.tokens)
+        if not 0 <= int(value) < len(base):
+            return -math.inf
+        return float(self.transform(base)[int(value)])
+
+    def _src(self) -> tuple:
+        return (id(self.lm), self.ctx.tokens)
+
+    def log_prob_from_draw(self, draw: Draw) -> float | None:
+        if self.is_plain and draw.extras.get("source") == self._src():
+            return draw.extras.get("model_log_prob")
+        return None
+
+
+class ChunkDistribution(_Sampling, Distribution):
+    """Tokens until a stop string, EOS or `max_tokens`, as one value (a `Chunk`).
+
+    log p(chunk) is the sum of its tokens' log-probabilities; a chunk that could not have
+    been produced (a stop string before its end, EOS inside it, too long) has log p = −inf.
+    """
+
+    def __init__(self, lm, ctx, stop, max_tokens, temperature, mask, top_p):
+        super().__init__(lm, ctx, temperature, mask, top_p)
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        self.max_tokens = int(max_tokens)
+
+    def _stops_after(self, tokens: tuple[int, ...]) -> bool:
+        if tokens[-1] == self.lm.eos_token_id or len(tokens) >= self.max_tokens:
+            return True
+        if not self.stop:
+            return False
+        text = self.lm.decode(tokens)
+        return any(s in text for s in self.stop)
+
+    async def sample(self, rng: Rng) -> Draw:
+        tokens: tuple[int, ...] = ()
+        log_q = log_p = 0.0
+        while True:
+            base = await NextTokenLogprobs(self.lm, self.ctx.tokens + tokens)
+            lq = self.transform(base)
+            tok = rng.categorical(np.exp(lq))
+            log_q += float(lq[tok])
+            log_p += float(base[tok])
+            tokens += (tok,)
+            if self._stops_after(tokens):
+                break
+        chunk = Chunk(tokens, self.lm.decode(tokens))
+        return Draw(chunk, log_q, {"model_log_prob": log_p, "source": self._src()})
+
+    async def log_prob(self, value: Chunk) -> float:
+        tokens = tuple(value.tokens)
+        if not tokens or not self._stops_after(tokens):
+            return -math.inf
+        if any(self._stops_after(tokens[:i]) for i in range(1, len(tokens))):
+            return -math.inf
+        rows = await ContinuationLogprobs(self.lm, self.ctx.tokens, tokens)
+        return float(sum(self.transform(row)[tok] for row, tok in zip(rows, tokens, strict=True)))
+
+    def _src(self) -> tuple:
+        return (id(self.lm), self.ctx.tokens, self.stop, self.max_tokens)
+
+    def log_prob_from_draw(self, draw: Draw) -> float | None:
+        if self.is_plain and draw.extras.get("source") == self._src():
+            return draw.extras.get("model_log_prob")
+        return None

@@ -1,0 +1,279 @@
+"""State-space programs: `Program` and its primitives. See docs/concepts.md.
+
+A program is a subclass of `Program` with `async def step(self)`: one call is one
+transition. Every primitive comes down to one weight update plus, for random choices,
+one recorded `Choice(address, value, log_p, log_q)`:
+
+- `await sample(dist, proposal=None)` adds log p(x) − log q(x)  (q = p without a proposal)
+- `await observe(dist, value)`        adds log p(value)
+- `factor(logw)`                      adds logw
+- `twist(logw)`                       adds logw now and subtracts it at the particle's
+                                      next step (or when it finishes), so guidance does not
+                                      change the final target
+- `finish()`                          marks the particle done
+
+Kernels resample, fork, score or replay particles between steps, never inside one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .distributions import Distribution, Draw, as_distribution
+from .rng import Rng
+
+__all__ = [
+    "Program",
+    "Choice",
+    "Shared",
+    "ProgramError",
+    "WeightError",
+    "replay",
+    "score_trace",
+]
+
+
+class ProgramError(RuntimeError):
+    """A program's step raised; the message names the particle, the step and the cause."""
+
+
+class WeightError(ValueError):
+    """A primitive produced a NaN (or otherwise invalid) log-weight."""
+
+
+class Shared:
+    """Mixin for objects that particles share instead of copying (LMs, reward models)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Shared:
+        return self
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One recorded random choice (or observation): enough to score and replay it."""
+
+    address: str
+    value: Any
+    log_p: float
+    log_q: float
+    kind: str = "sample"  # "sample" or "observe"
+
+
+@dataclass(frozen=True)
+class _TraceNode:
+    """Persistent linked list of choices: clones share their common history for free."""
+
+    choice: Choice
+    parent: _TraceNode | None
+
+
+@dataclass
+class _ParticleState:
+    """ppllm's bookkeeping on a program instance (kept apart from the user's attributes)."""
+
+    trace: _TraceNode | None = None
+    n_choices: int = 0
+    twist: float = 0.0
+    finished: bool = False
+    step_logw: float = 0.0
+    t: int = 0
+    counter: int = 0
+    rng: Rng | None = None
+    replay: dict[str, Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+_STATE = "_ppllm"
+
+
+class Program:
+    """Base class of ppllm programs. Subclass it and write `async def step(self)`."""
+
+    async def step(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define `async def step(self)`")
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def _pp(self) -> _ParticleState:
+        state = self.__dict__.get(_STATE)
+        if state is None:
+            state = _ParticleState()
+            self.__dict__[_STATE] = state
+        return state
+
+    @property
+    def finished(self) -> bool:
+        return self._pp.finished
+
+    @property
+    def trace(self) -> list[Choice]:
+        """Every choice made so far, oldest first."""
+        out: list[Choice] = []
+        node = self._pp.trace
+        while node is not None:
+            out.append(node.choice)
+            node = node.parent
+        return out[::-1]
+
+    @property
+    def rng(self) -> Rng:
+        rng = self._pp.rng
+        if rng is None:
+            raise RuntimeError("this program is not being run by a kernel (no rng attached)")
+        return rng
+
+    def clone(self) -> Program:
+        """An independent copy. `Shared` attributes (LMs, reward models) are not copied."""
+        state = self._pp
+        new = object.__new__(type(self))
+        user = {k: v for k, v in self.__dict__.items() if k != _STATE}
+        new.__dict__.update(copy.deepcopy(user))
+        new.__dict__[_STATE] = _ParticleState(
+            trace=state.trace,
+            n_choices=state.n_choices,
+            twist=state.twist,
+            finished=state.finished,
+            t=state.t,
+            counter=state.counter,
+            replay=state.replay,
+            extras=dict(state.extras),
+        )
+        return new
+
+    def _add(self, logw: float, what: str) -> None:
+        logw = float(logw)
+        if math.isnan(logw):
+            raise WeightError(f"{what} gave a NaN log-weight at step {self._pp.t}")
+        if logw == math.inf:
+            raise WeightError(f"{what} gave a +inf log-weight at step {self._pp.t}")
+        self._pp.step_logw += logw
+
+    def _address(self, address: str | None) -> str:
+        pp = self._pp
+        pp.counter += 1
+        return address if address is not None else f"{pp.t}/{pp.counter}"
+
+    def _record(self, choice: Choice) -> None:
+        pp = self._pp
+        pp.trace = _TraceNode(choice, pp.trace)
+        pp.n_choices += 1
+
+    # ------------------------------------------------------------------ primitives
+    async def sample(
+        self, dist: Any, proposal: Any = None, *, address: str | None = None
+    ) -> Any:
+        """Draw x ~ q (= proposal, or dist itself) and add log p(x) − log q(x) to the weight."""
+        addr = self._address(address)
+        d = as_distribution(dist)
+        pp = self._pp
+        if pp.replay is not None and addr in pp.replay:
+            # Replaying a recorded trace: the value is given, so the weight is its density.
+            value = pp.replay[addr]
+            log_p = await d.log_prob(value)
+            self._check_log_p(log_p, addr, d)
+            self._record(Choice(addr, value, log_p, 0.0))
+            self._add(log_p, f"sample at {addr!r} ({type(d).__name__}, replayed)")
+            return value
+        if proposal is None:
+            draw = await d.sample(self.rng)
+            log_p = log_q = self._check_draw(draw, addr, d)
+        else:
+            q = as_distribution(proposal)
+            draw = await q.sample(self.rng)
+            log_q = self._check_draw(draw, addr, q)
+            known = d.log_prob_from_draw(draw)
+            log_p = known if known is not None else await d.log_prob(draw.value)
+            self._check_log_p(log_p, addr, d)
+        self._record(Choice(addr, draw.value, log_p, log_q))
+        self._add(log_p - log_q if log_p != -math.inf else -math.inf, f"sample at {addr!r}")
+        return draw.value
+
+    async def observe(self, dist: Any, value: Any, *, address: str | None = None) -> float:
+        """Condition on `value`: add log p(value) to the weight and return it."""
+        addr = self._address(address)
+        d = as_distribution(dist)
+        log_p = await d.log_prob(value)
+        self._check_log_p(log_p, addr, d)
+        self._record(Choice(addr, value, log_p, 0.0, kind="observe"))
+        self._add(log_p, f"observe at {addr!r} ({type(d).__name__})")
+        return log_p
+
+    def factor(self, logw: float) -> None:
+        """Multiply the weight by exp(logw): rewards, constraints (−inf) and likelihoods."""
+        self._add(logw, "factor")
+
+    def twist(self, logw: float) -> None:
+        """Add a potential now that is taken out again at the particle's next step."""
+        self._add(logw, "twist")
+        self._pp.twist += float(logw)
+
+    def finish(self) -> None:
+        """Mark the particle done: kernels stop stepping it."""
+        self._pp.finished = True
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _check_log_p(log_p: float, addr: str, d: Distribution) -> None:
+        if log_p is None or math.isnan(log_p):
+            raise WeightError(f"{type(d).__name__} returned a NaN log-probability at {addr!r}")
+
+    @staticmethod
+    def _check_draw(draw: Draw, addr: str, d: Distribution) -> float:
+        lp = float(draw.log_prob)
+        if math.isnan(lp):
+            raise WeightError(f"{type(d).__name__} returned a NaN log-probability at {addr!r}")
+        if lp == -math.inf:
+            raise WeightError(
+                f"{type(d).__name__} drew a value of probability zero at {addr!r}"
+            )
+        return lp
+
+
+# ---------------------------------------------------------------------- stepping
+async def run_step(program: Program, rng: Rng) -> float:
+    """One transition of `program`: undo the last twist, run `step`, return the log-weight.
+
+    The twist of a particle that finishes in this step is undone right away, so a
+    finished particle's weight is its final target weight.
+    """
+    pp = program._pp
+    pp.rng = rng
+    pp.counter = 0
+    pp.step_logw = -pp.twist
+    pp.twist = 0.0
+    await program.step()
+    if pp.finished and pp.twist != 0.0:
+        pp.step_logw -= pp.twist
+        pp.twist = 0.0
+    pp.t += 1
+    pp.rng = None
+    return pp.step_logw
+
+
+def replay(program: Program, trace: list[Choice] | dict[str, Any]) -> Program:
+    """A copy of `program` whose samples take the recorded values (weight = their density)."""
+    values = {c.address: c.value for c in trace} if isinstance(trace, list) else dict(trace)
+    p = program.clone()
+    p._pp.replay = values
+    return p
+
+
+def score_trace(program: Program, trace: list[Choice], max_steps: int = 10_000) -> float:
+    """log γ(trace): the unnormalised target density of a recorded trace (Σ log p + factors).
+
+    Runs a fresh copy of `program` to completion, forcing every sample to its value.
+    """
+    from .request import answer_now
+    from .rng import SeededRng
+
+    p = replay(program, trace)
+    total = 0.0
+    for t in range(max_steps):
+        if p.finished:
+            return total
+        # Replayed programs draw nothing; the rng is there only for unrecorded choices.
+        total += answer_now(run_step(p, SeededRng(0).child("replay", t)))
+    raise RuntimeError(f"program did not finish within {max_steps} steps while replaying")
