@@ -27,9 +27,10 @@ class EngineStats:
     """What the engine asked of its backends: rounds, backend calls and requests."""
 
     rounds: int = 0
-    backend_calls: int = 0
+    lm_calls: int = 0  # backend calls (one batched call answers many requests)
     requests: int = 0
     unique_requests: int = 0
+    tokens: int = 0  # token positions the backends evaluated (Request.tokens_cost)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -95,6 +96,7 @@ class Engine:
             slots_by_key[k].append(s)
         for backend, slots_by_key, unique in by_backend.values():
             self.stats.unique_requests += len(unique)
+            self.stats.tokens += sum(getattr(r, "tokens_cost", 0) for r in unique)
             size = self.max_batch or len(unique)
             results: list[Any] = []
             for lo in range(0, len(unique), size):
@@ -106,7 +108,7 @@ class Engine:
                         f"for {len(batch)} requests"
                     )
                 results.extend(got)
-                self.stats.backend_calls += 1
+                self.stats.lm_calls += 1
             for req, res in zip(unique, results, strict=True):
                 for s in slots_by_key[req.key()]:
                     answers[s] = res

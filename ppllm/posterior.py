@@ -56,6 +56,7 @@ class Posterior:
     kernel: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     message: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # kernel-specific results
 
     # ------------------------------------------------------------------ weights
     @property

@@ -28,6 +28,7 @@ class Request:
     """Base class of everything a program can await. Subclasses set `backend` and `key`."""
 
     backend: Backend
+    tokens_cost: int = 0  # token positions this request makes a backend evaluate (for budgets)
 
     def key(self) -> Hashable:
         """Identical keys are answered once per round (e.g. two particles with one context)."""

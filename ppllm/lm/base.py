@@ -82,6 +82,8 @@ class NextTokenLogprobs(Request):
 
     __slots__ = ("backend", "tokens")
 
+    tokens_cost = 1
+
     def __init__(self, lm: LM, tokens: tuple[int, ...]) -> None:
         self.backend = lm
         self.tokens = tokens
@@ -93,12 +95,13 @@ class NextTokenLogprobs(Request):
 class ContinuationLogprobs(Request):
     """Log-probability vectors at each position of `continuation` after `tokens`: shape (L, V)."""
 
-    __slots__ = ("backend", "tokens", "continuation")
+    __slots__ = ("backend", "tokens", "continuation", "tokens_cost")
 
     def __init__(self, lm: LM, tokens: tuple[int, ...], continuation: tuple[int, ...]) -> None:
         self.backend = lm
         self.tokens = tokens
         self.continuation = continuation
+        self.tokens_cost = len(continuation)
 
     def key(self) -> Hashable:
         return ("cont", self.tokens, self.continuation)
