@@ -48,7 +48,11 @@ class Engine:
     def step(self, programs: Sequence[Program], rngs: Sequence[Rng], t: int | None = None) -> np.ndarray:
         """Run one `step()` of each program; return their log-weight increments (float64)."""
         coros = {i: run_step(p, rng) for i, (p, rng) in enumerate(zip(programs, rngs, strict=True))}
-        return self.drive(coros, t)
+        try:
+            return self.drive(coros, t)
+        finally:
+            for c in coros.values():
+                c.close()  # no-op for finished ones; silences never-started ones after an error
 
     def drive(self, coros: dict[int, Any], t: int | None = None) -> np.ndarray:
         """Advance coroutines keyed by slot to completion, answering requests in batches."""

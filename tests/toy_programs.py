@@ -15,8 +15,8 @@ TOKEN_LM = ToyLM.random(["a", "b", "<eos>"], order=2, seed=3)
 # a and newline (no EOS): chunks end at "\n" or after 2 tokens.
 CHUNK_LM = ToyLM.random(["a", "\n"], order=2, seed=5, eos=None)
 # Built once: constructing (or deep-copying) torch distributions per particle is slow.
-TOPIC_PRIOR = pdist.Categorical(torch.tensor([0.5, 0.3, 0.2]))
-PARITY = [pdist.Bernoulli(torch.tensor(0.2 + 0.3 * z)) for z in range(3)]
+TOPIC_PRIOR = pdist.Categorical(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
+PARITY = [pdist.Bernoulli(torch.tensor(0.2 + 0.3 * z, dtype=torch.float64)) for z in range(3)]
 
 
 class NoRepeat(ppllm.Program):

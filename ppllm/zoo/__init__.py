@@ -35,7 +35,9 @@ class ModelInfo:
         if self.asset is not None:
             path = ASSETS_DIR / self.asset
             if not (path / "config.json").is_file():
-                raise FileNotFoundError(f"{self.name} weights are missing at {path}: {self.how_to_get}")
+                raise FileNotFoundError(
+                    f"{self.name} weights are missing at {path}: {self.how_to_get}"
+                )
             return path
         assert self.module is not None
         # Imported lazily: fetching code pulls in pip/gguf machinery nobody else needs.

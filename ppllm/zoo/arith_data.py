@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,12 +129,24 @@ def _stream(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([stream, seed])
 
 
-def iter_training_problems(seed: int = 0, operands: tuple[int, int] = (2, 5)) -> Iterator[Problem]:
-    """An endless stream of training problems (held-out questions are skipped)."""
+def iter_training_problems(
+    seed: int = 0,
+    operands: tuple[int, int] = (2, 5),
+    weights: Sequence[float] | None = None,
+) -> Iterator[Problem]:
+    """An endless stream of training problems (held-out questions are skipped).
+
+    Operand counts run over `operands` (inclusive), uniformly or with relative `weights`.
+    """
     rng = _stream(seed, _TRAIN_STREAM)
-    lo, hi = operands
+    counts = np.arange(operands[0], operands[1] + 1)
+    probs = None
+    if weights is not None:
+        if len(weights) != len(counts):
+            raise ValueError(f"need {len(counts)} weights for operand counts {operands}")
+        probs = np.asarray(weights, dtype=float) / float(np.sum(weights))
     while True:
-        problem = make_problem(rng, int(rng.integers(lo, hi + 1)))
+        problem = make_problem(rng, int(rng.choice(counts, p=probs)))
         if not is_heldout(problem):
             yield problem
 
@@ -144,9 +156,7 @@ def training_problems(n: int, seed: int = 0, operands: tuple[int, int] = (2, 5))
     return list(itertools.islice(iter_training_problems(seed, operands), n))
 
 
-def heldout_problems(
-    n: int, seed: int = 1234, operands: tuple[int, int] = (3, 5)
-) -> list[Problem]:
+def heldout_problems(n: int, seed: int = 1234, operands: tuple[int, int] = (3, 5)) -> list[Problem]:
     """`n` held-out problems from their own seed stream, operand counts uniform in `operands`."""
     rng = _stream(seed, _HELDOUT_STREAM)
     lo, hi = operands

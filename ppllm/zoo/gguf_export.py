@@ -91,9 +91,7 @@ def _add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path) -> int:
         raise ValueError("tokenizer ids must be contiguous from 0")
     merges = spec["model"].get("merges") or []
     merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
-    types = [
-        gguf.TokenType.CONTROL if tok in special else gguf.TokenType.NORMAL for tok in tokens
-    ]
+    types = [gguf.TokenType.CONTROL if tok in special else gguf.TokenType.NORMAL for tok in tokens]
     config = json.loads((model_dir / "config.json").read_text())
     eos = config.get("eos_token_id")
     bos = config.get("bos_token_id", eos)
@@ -106,8 +104,11 @@ def _add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path) -> int:
     writer.add_key_value(
         gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING
     )
-    for add, value in ((writer.add_bos_token_id, bos), (writer.add_eos_token_id, eos),
-                       (writer.add_pad_token_id, pad)):
+    for add, value in (
+        (writer.add_bos_token_id, bos),
+        (writer.add_eos_token_id, eos),
+        (writer.add_pad_token_id, pad),
+    ):
         if value is not None:
             add(int(value))
     writer.add_add_bos_token(False)

@@ -57,6 +57,8 @@ class TrainConfig:
     n_positions: int = 1024
     min_operands: int = 2
     max_operands: int = 5
+    # Relative frequency of each operand count: long chains are where the model struggles.
+    operand_weights: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
     # One thread: bit-for-bit reproducible anywhere, and on a busy 2-core machine faster
     # than two (OpenMP threads spin-waiting on shared cores slow small ops down a lot).
     threads: int = 1
@@ -124,7 +126,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def _problem_stream(cfg: TrainConfig):
     """Endless batches of training problems (held-out questions are never drawn)."""
-    problems = arith_data.iter_training_problems(cfg.seed, (cfg.min_operands, cfg.max_operands))
+    problems = arith_data.iter_training_problems(
+        cfg.seed, (cfg.min_operands, cfg.max_operands), cfg.operand_weights
+    )
     while True:
         yield list(itertools.islice(problems, cfg.batch_size))
 
@@ -358,7 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ppllm.zoo import resolve
 
         model_dir = args.model or resolve("tiny-arith")
-        result = evaluate_accuracy(model_dir, n=args.n, temperature=args.temperature, seed=args.seed)
+        result = evaluate_accuracy(
+            model_dir, n=args.n, temperature=args.temperature, seed=args.seed
+        )
         print(json.dumps(result, indent=2))
     return 0
 
