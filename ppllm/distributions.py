@@ -93,6 +93,11 @@ def _scalar(x: Any) -> Any:
     return x
 
 
+# id(dist) -> (dist, table); holding the dist keeps the id from being reused while cached.
+_FINITE_TABLES: dict[int, tuple[Any, tuple[list[Any], np.ndarray]]] = {}
+_MAX_TABLES = 4096
+
+
 class TorchDistribution(Distribution):
     """Adapter for `torch.distributions` / `pyro.distributions` objects.
 
@@ -105,19 +110,33 @@ class TorchDistribution(Distribution):
     def __init__(self, dist: Any) -> None:
         self.dist = dist
 
-    def _support(self) -> Any | None:
-        if getattr(self.dist, "has_enumerate_support", False) and self.dist.batch_shape == ():
-            return self.dist.enumerate_support(expand=False).reshape(-1)
-        return None
+    def _table(self) -> tuple[list[Any], np.ndarray] | None:
+        """(support values, their log-probs) for finite distributions, computed once per object.
+
+        Distributions are immutable by convention, so the table is cached on the object;
+        it spares torch's argument validation on every draw of a particle.
+        """
+        d = self.dist
+        table = _FINITE_TABLES.get(id(d))
+        if table is not None and table[0] is d:
+            return table[1]
+        if not (getattr(d, "has_enumerate_support", False) and d.batch_shape == ()):
+            return None
+        support = d.enumerate_support(expand=False).reshape(-1)
+        entry = ([_scalar(v) for v in support], d.log_prob(support).double().numpy())
+        if len(_FINITE_TABLES) >= _MAX_TABLES:
+            del _FINITE_TABLES[next(iter(_FINITE_TABLES))]  # oldest first: bounded memory
+        _FINITE_TABLES[id(d)] = (d, entry)
+        return entry
 
     async def sample(self, rng: Rng) -> Draw:
         import torch
 
-        support = self._support()
-        if support is not None:
-            logp = self.dist.log_prob(support).double().numpy()
+        table = self._table()
+        if table is not None:
+            values, logp = table
             i = rng.categorical(np.exp(logp))
-            return Draw(_scalar(support[i]), float(logp[i]))
+            return Draw(values[i], float(logp[i]))
         try:
             u = torch.as_tensor(rng.uniform(1)[0], dtype=torch.float64)
             value = self.dist.icdf(u.to(self.dist.mean.dtype))
@@ -130,6 +149,11 @@ class TorchDistribution(Distribution):
     async def log_prob(self, value: Any) -> float:
         import torch
 
+        table = self._table()
+        if table is not None and not isinstance(value, torch.Tensor):
+            values, logp = table
+            hits = [i for i, v in enumerate(values) if v == value]
+            return float(logp[hits[0]]) if hits else -math.inf
         v = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         if v.dtype == torch.float64 and hasattr(self.dist, "mean"):
             v = v.to(self.dist.mean.dtype)
