@@ -103,6 +103,16 @@ class Population:
     def ess(self) -> float:
         return ess(self.log_w)
 
+    def summary(self) -> tuple[float, float]:
+        """(log Ẑ, ESS) from one pass over the weights (the hot path of every kernel step)."""
+        lw = self.log_w
+        m = float(lw.max())
+        if m == -math.inf:
+            return -math.inf, 0.0
+        w = np.exp(lw - m)
+        s = float(w.sum())
+        return self.log_Z + m + math.log(s / len(lw)), s * s / float(np.dot(w, w))
+
     @property
     def log_evidence(self) -> float:
         """The running log Ẑ: resampled-out evidence plus the log mean current weight."""

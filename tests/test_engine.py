@@ -88,7 +88,7 @@ def test_all_particles_ruled_out_ends_with_minus_inf_and_a_message() -> None:
     assert any("weight zero" in str(w.message) for w in caught)
     assert not np.any(np.isnan(post.log_weights))
     with pytest.raises(ppllm.DegenerateWeights, match="weight zero"):
-        post.weights
+        _ = post.weights
     assert "weight zero" in post.summary()
 
 

@@ -39,6 +39,7 @@ class SMCState:
     population: Population
     t: int = 0
     failed: str | None = None
+    log_evidence: float = 0.0  # log Ẑ after the last step
 
 
 @dataclass
@@ -67,10 +68,10 @@ def init(program: Program, n_particles: int) -> SMCState:
     return SMCState(Population.spawn(program, n_particles))
 
 
-def should_resample(pop: Population, ess_threshold: float) -> bool:
-    if ess_threshold <= 0 or pop.all_finished:
+def should_resample(ess: float, n: int, ess_threshold: float, all_finished: bool) -> bool:
+    if ess_threshold <= 0 or all_finished:
         return False
-    return ess_threshold >= 1 or pop.ess < ess_threshold * pop.n
+    return ess_threshold >= 1 or ess < ess_threshold * n
 
 
 def step(
@@ -82,11 +83,10 @@ def step(
 ) -> tuple[SMCState, SMCInfo]:
     """Extend every live particle by one step, then resample if the ESS is low."""
     pop, t = state.population, state.t
-    n_live = int(np.sum(~pop.finished))
-    before = pop.log_evidence
+    n_live = sum(not p.finished for p in pop.programs)
+    before = state.log_evidence
     pop.extend(engine, rng, t)  # G_t: w_i *= γ_t(x_i) / (γ_{t-1}(x_i) q_t(x_i))
-    after = pop.log_evidence
-    ess = pop.ess
+    after, ess = pop.summary()
     resampled = False
     A = np.arange(pop.n)
     if after == -math.inf:
@@ -94,11 +94,12 @@ def step(
             f"all {pop.n} particles have weight zero after step {t}: the constraints ruled out "
             "every particle (log Ẑ = −inf)"
         )
-    elif should_resample(pop, ess_threshold):
+    elif should_resample(ess, pop.n, ess_threshold, pop.all_finished):
         A = pop.resample(rng.child("resample", t), resampler)
         resampled = True
     state.t = t + 1
-    info = SMCInfo(t, ess, resampled, A, after - before if before > -math.inf else after, n_live)
+    state.log_evidence = after
+    info = SMCInfo(t, ess, resampled, A, after - before, n_live)
     return state, info
 
 
