@@ -25,10 +25,10 @@ from .rng import Rng, SeededRng
 
 if TYPE_CHECKING:  # arviz is imported lazily: it is slow to import
     import arviz
-    import xarray
 
 __all__ = [
     "Chains",
+    "ParticleRecord",
     "Posterior",
     "StepRecord",
     "load_arviz",
@@ -60,10 +60,31 @@ class StepRecord:
         return cls(info.t, info.ess, info.resampled, np.asarray(info.ancestors), info.log_Z_increment, info.n_live)
 
 
+@dataclass(frozen=True)
+class ParticleRecord:
+    """A particle read back from a results file: its text and recorded variables.
+
+    Attribute access reads the variables, so `lambda p: p.answer` works on programs and
+    on records alike; `str()` is the text.
+    """
+
+    text: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __str__(self) -> str:
+        return self.text
+
+
 def particle_text(p: Any) -> str:
     """What to show for a particle: `str(program)` if the class defines it, else its trace."""
     if not isinstance(p, Program):
-        return str(p)
+        return str(p)  # a ParticleRecord or a plain value
     if type(p).__str__ is not object.__str__:
         return str(p)
     return " ".join(repr(c.value) for c in p.trace)
@@ -131,7 +152,8 @@ class Posterior:
 
     @property
     def ok(self) -> bool:
-        return self.n > 0 and self.log_Z > -math.inf and bool(np.max(self.log_weights) > -math.inf)
+        """Some particle has positive weight. (log Ẑ may be NaN: search kernels have none.)"""
+        return self.n > 0 and self.log_Z != -math.inf and bool(np.max(self.log_weights) > -math.inf)
 
     def collapse(self, rng: Rng) -> tuple[Any | None, float]:
         """One particle drawn ∝ weight, with log Ẑ (unbiased: E[Ẑ·1{x}] = γ(x))."""
@@ -334,9 +356,9 @@ def to_arviz(
 
     Groups (dims `chain`, `draw`, `step`; shorter runs are padded with NaN, or "" / −1):
     - `posterior`: each variable on an unweighted resample of the run's particles
-      (systematic, seeded by `seed` and the chain), so ArviZ's unweighted summaries apply;
-    - `sample_stats`: `log_weight` of the original particles (draw = particle index) and
-      `resample_index`, which original particle each posterior draw copies;
+      (systematic, seeded by `seed` and the chain), so ArviZ's unweighted summaries apply,
+      and `particle`, the index of the weighted particle each draw copies;
+    - `sample_stats`: `log_weight` of the weighted particles (draw = particle index);
     - `particles`: `text` and every variable on the original weighted particles, so the
       weighted estimators can be recomputed from the file alone;
     - `smc_stats`: per-step `ess`, `resampled`, `log_Z_increment`, `n_live`, `ancestors`,
@@ -349,7 +371,7 @@ def to_arviz(
     if not runs:
         raise ValueError("to_arviz needs at least one posterior")
     variables = dict(variables or {})
-    for reserved in ("text", "log_weight", "resample_index"):
+    for reserved in ("text", "log_weight", "particle"):
         if reserved in variables:
             raise ValueError(f"variable name {reserved!r} is reserved")
     C = len(runs)
@@ -370,6 +392,7 @@ def to_arviz(
         if name != "text":
             res = [[row[i] for i in idx[c] if i >= 0] for c, row in enumerate(rows)]
             post[name] = (("chain", "draw"), _pad2(res, D, like=parts[name][1]))
+    post["particle"] = (("chain", "draw"), idx)
 
     logw = np.full((C, D), np.nan)
     for c, r in enumerate(runs):
@@ -394,7 +417,7 @@ def to_arviz(
     for c, r in enumerate(runs):
         for t, s in enumerate(r.steps):
             a = np.asarray(s.ancestors, dtype=np.int64)
-            anc[c, t, : len(a)] = a
+            anc[c, t, : min(len(a), D)] = a[:D]
     steps["ancestors"] = (("chain", "step", "draw"), anc)
     for key in sorted({k for r in runs for k, v in r.budget.items() if _is_number(v)}):
         vals = [float(r.budget[key]) if _is_number(r.budget.get(key)) else np.nan for r in runs]
@@ -405,14 +428,18 @@ def to_arviz(
         "configs": json.dumps([r.config for r in runs], default=str),
     }
 
+    parts_ds = xr.Dataset(parts, coords=coords, attrs=attrs)
+    for name, rows in orig.items():
+        if _integer_or_none(v for row in rows for v in row):
+            parts_ds[name].attrs["integer"] = 1  # ints with missing values are stored as float
     groups = {
         "posterior": xr.Dataset(post, coords=coords, attrs=attrs),
         "sample_stats": xr.Dataset(
-            {"log_weight": (("chain", "draw"), logw), "resample_index": (("chain", "draw"), idx)},
+            {"log_weight": (("chain", "draw"), logw)},
             coords=coords,
             attrs=attrs,
         ),
-        "particles": xr.Dataset(parts, coords=coords, attrs=attrs),
+        "particles": parts_ds,
         "smc_stats": xr.Dataset(steps, coords=step_coords, attrs={**attrs, **run_attrs}),
     }
     return _quiet(lambda: az.InferenceData(**groups))
@@ -425,7 +452,7 @@ def load_arviz(path: str) -> arviz.InferenceData:
 
 
 def posteriors_from_arviz(idata: arviz.InferenceData) -> list[Posterior]:
-    """Rebuild each chain's `Posterior` (particles = texts) from `to_arviz` output.
+    """Rebuild each chain's `Posterior` (particles = `ParticleRecord`s) from `to_arviz` output.
 
     Enough for the weighted estimators, the summary and the plots: `ppllm report` uses it.
     """
@@ -440,7 +467,12 @@ def posteriors_from_arviz(idata: arviz.InferenceData) -> list[Posterior]:
     out = []
     for c in range(parts.sizes["chain"]):
         N = int(n[c])
-        texts = [str(x) for x in parts["text"].values[c, :N]]
+        names = [k for k in parts.data_vars if k != "text"]
+        columns = {k: [_read_value(v, parts[k].attrs) for v in parts[k].values[c, :N]] for k in names}
+        particles = [
+            ParticleRecord(str(t), {k: columns[k][i] for k in names})
+            for i, t in enumerate(parts["text"].values[c, :N])
+        ]
         steps = []
         ess_c = st["ess"].values[c]
         for t in range(st.sizes["step"]):
@@ -463,7 +495,7 @@ def posteriors_from_arviz(idata: arviz.InferenceData) -> list[Posterior]:
                 budget[k.removeprefix("budget_")] = int(v) if v.is_integer() and k != "budget_seconds" else v
         out.append(
             Posterior(
-                particles=texts,
+                particles=particles,
                 log_weights=ss["log_weight"].values[c, :N].astype(np.float64),
                 log_Z=float(st["log_marginal_likelihood"].values[c]),
                 steps=steps,
@@ -471,11 +503,6 @@ def posteriors_from_arviz(idata: arviz.InferenceData) -> list[Posterior]:
                 kernel=kernels,
                 config=configs[c] if c < len(configs) else {},
                 message=messages[c] if c < len(messages) else None,
-                extras={
-                    "variables": {
-                        k: list(parts[k].values[c, :N]) for k in parts.data_vars if k != "text"
-                    }
-                },
             )
         )
     return out
@@ -551,7 +578,11 @@ def _default_variables(example: Any, variables: Variables | None) -> dict[str, C
         return {str(k): (lambda x, k=k: x[k]) for k in example}
     if isinstance(example, Program):
         return {"text": particle_text}
-    return {"x": lambda x: x}
+    return {"x": _identity}
+
+
+def _identity(x: Any) -> Any:
+    return x
 
 
 def _scalar(v: Any) -> Any:
@@ -559,6 +590,27 @@ def _scalar(v: Any) -> Any:
         return v.item()
     if hasattr(v, "item") and callable(v.item) and getattr(v, "shape", None) == ():
         return v.item()  # torch / jax scalars
+    return v
+
+
+def _integer_or_none(values: Any) -> bool:
+    seen = False
+    for v in values:
+        v = _scalar(v)
+        if v is None:
+            continue
+        if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_):
+            return False
+        seen = True
+    return seen
+
+
+def _read_value(v: Any, attrs: Mapping[str, Any]) -> Any:
+    v = _scalar(v)
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if attrs.get("integer") and isinstance(v, float):
+        return int(v)
     return v
 
 

@@ -1,100 +1,13 @@
-"""Small programs on the toy LM, used by the exact and statistical tests."""
+"""Small programs on the toy LM, used by the exact and statistical tests (see ppllm.toys)."""
 
-from __future__ import annotations
-
-import math
-
-import pyro.distributions as pdist
-import torch
-
-import ppllm
-from ppllm.lm import ToyLM
-
-# a, b and EOS; bigram tables fixed by seed so every test sees the same model.
-TOKEN_LM = ToyLM.random(["a", "b", "<eos>"], order=2, seed=3)
-# a and newline (no EOS): chunks end at "\n" or after 2 tokens.
-CHUNK_LM = ToyLM.random(["a", "\n"], order=2, seed=5, eos=None)
-# Built once: constructing (or deep-copying) torch distributions per particle is slow.
-TOPIC_PRIOR = pdist.Categorical(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
-PARITY = [pdist.Bernoulli(torch.tensor(0.2 + 0.3 * z, dtype=torch.float64)) for z in range(3)]
-
-
-class NoRepeat(ppllm.Program):
-    """Token level, hard constraint: no token may repeat its predecessor (factor −inf).
-
-    Draws from a tempered proposal (T = 1.7) and corrects with log p − log q.
-    """
-
-    def __init__(self, lm: ToyLM = TOKEN_LM, max_tokens: int = 2, proposal_temperature: float = 1.7):
-        self.lm = lm
-        self.ctx = lm.context("")
-        self.max_tokens = max_tokens
-        self.temp = proposal_temperature
-
-    async def step(self) -> None:
-        dist = self.lm.next_token(self.ctx)
-        tok = await self.sample(dist, proposal=self.lm.next_token(self.ctx, temperature=self.temp))
-        if tok != self.lm.eos_token_id and self.ctx.tokens[-1:] == (tok,):
-            self.factor(-math.inf)
-        self.ctx = self.ctx + tok
-        if tok == self.lm.eos_token_id or len(self.ctx) >= self.max_tokens:
-            self.finish()
-
-    def __str__(self) -> str:
-        return self.lm.decode(self.ctx.tokens)
-
-
-class FewAs(ppllm.Program):
-    """Chunk level, soft reward: chunks until "\\n"; each "a" costs a factor exp(−0.7).
-
-    A twist of the running reward guides intermediate steps without changing the target.
-    """
-
-    def __init__(self, lm: ToyLM = CHUNK_LM, n_chunks: int = 2):
-        self.lm = lm
-        self.ctx = lm.context("")
-        self.n_chunks = n_chunks
-        self.done = 0
-
-    async def step(self) -> None:
-        chunk = await self.sample(self.lm.chunk(self.ctx, stop="\n", max_tokens=2))
-        self.ctx = self.ctx + chunk
-        self.done += 1
-        penalty = -0.7 * chunk.text.count("a")
-        self.factor(penalty)
-        self.twist(0.3 * chunk.text.count("\n"))
-        if self.done >= self.n_chunks:
-            self.finish()
-
-    def __str__(self) -> str:
-        return self.lm.decode(self.ctx.tokens)
-
-
-class LatentTopic(ppllm.Program):
-    """A discrete latent from pyro.distributions, then text that depends on it.
-
-    z ~ Categorical([0.5, 0.3, 0.2]); the token is drawn at temperature 0.5 + z/2 and must
-    not be EOS when z = 2 (hard constraint); observing the token's parity adds evidence.
-    """
-
-    def __init__(self, lm: ToyLM = TOKEN_LM):
-        self.lm = lm
-        self.ctx = lm.context("")
-        self.z: int | None = None
-
-    async def step(self) -> None:
-        if self.z is None:
-            self.z = int(await self.sample(TOPIC_PRIOR))
-            return
-        tok = await self.sample(self.lm.next_token(self.ctx, temperature=0.5 + self.z / 2))
-        if self.z == 2 and tok == self.lm.eos_token_id:
-            self.factor(-math.inf)
-        await self.observe(PARITY[self.z], float(tok % 2))
-        self.ctx = self.ctx + tok
-        self.finish()
-
-    def __str__(self) -> str:
-        return f"z={self.z} {self.lm.decode(self.ctx.tokens)!r}"
-
-
-PROGRAMS = {"token_constraint": NoRepeat, "chunk_reward": FewAs, "latent_mix": LatentTopic}
+from ppllm.toys import (  # noqa: F401
+    CHUNK_LM,
+    PARITY,
+    PROGRAMS,
+    TOKEN_LM,
+    TOPIC_PRIOR,
+    FewAs,
+    LatentTopic,
+    NoRepeat,
+    ToyText,
+)

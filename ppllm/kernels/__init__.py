@@ -1,5 +1,5 @@
 """Inference kernels, each a composition of population operations (docs/kernels/)."""
 
-from . import smc
+from . import baselines, particle_filter, particle_gibbs, smc
 
-__all__ = ["smc"]
+__all__ = ["baselines", "particle_filter", "particle_gibbs", "smc"]

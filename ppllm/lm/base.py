@@ -144,7 +144,14 @@ class LM(Shared):
 
     vocab_size: int
     eos_token_id: int | None = None
+    # Every token id that ends a generation (EOS plus end-of-turn tokens); None: {eos_token_id}.
+    eos_token_ids: frozenset[int] | None = None
     name: str = "lm"
+
+    def is_eos(self, token: int) -> bool:
+        """True if `token` ends a generation (any of `eos_token_ids`)."""
+        ids = self.eos_token_ids
+        return token == self.eos_token_id if ids is None else token in ids
 
     # ---------------------------------------------------------- backend interface
     def logprobs(self, contexts: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
@@ -189,6 +196,10 @@ class LM(Shared):
 
     def decode(self, tokens: Sequence[int]) -> str:
         raise NotImplementedError
+
+    def vocab_strings(self) -> list[str]:
+        """The text of each token id on its own (e.g. to build a mask of tokens without an "e")."""
+        return [self.decode([i]) for i in range(self.vocab_size)]
 
     def context(self, prompt: str | Sequence[int] = "") -> Context:
         """A context from text or token ids; token ids are checked against the vocabulary."""
@@ -302,7 +313,7 @@ class ChunkDistribution(_Sampling, Distribution):
         self.max_tokens = int(max_tokens)
 
     def _stops_after(self, tokens: tuple[int, ...]) -> bool:
-        if tokens[-1] == self.lm.eos_token_id or len(tokens) >= self.max_tokens:
+        if self.lm.is_eos(tokens[-1]) or len(tokens) >= self.max_tokens:
             return True
         if not self.stop:
             return False

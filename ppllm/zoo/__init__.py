@@ -47,7 +47,7 @@ class ModelInfo:
 MODELS: dict[str, ModelInfo] = {
     "tiny-arith": ModelInfo(
         name="tiny-arith",
-        description="character-level GPT-2 (4 layers, 96 wide) trained on multi-step addition chains",
+        description="small character-level GPT-2 trained here on multi-step addition chains",
         asset="tiny-arith",
         how_to_get="run `ppllm models train tiny-arith` to regenerate them",
     ),

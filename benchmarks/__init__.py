@@ -1,0 +1,1 @@
+"""Speed and scaling benchmarks: `python -m benchmarks.NAME [--quick]`."""

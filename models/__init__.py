@@ -1,0 +1,1 @@
+"""Generative programs a user would write with ppllm, each documented in its own module."""

@@ -1,0 +1,642 @@
+"""The `hf` backend: any local transformers causal LM (safetensors dir or GGUF file).
+
+A round of next-token questions becomes ONE batched forward pass, and an already-encoded
+prefix is never encoded again: every token's key/value vectors live in a token trie whose
+nodes point into a pool of KV slots (`_KVStore`). For each context the backend finds the
+longest cached prefix, gathers its KV rows from the pool into one padded batch, runs only
+the new suffix tokens (with per-row `position_ids` and a 4-D mask when rows differ in
+length), and stores the new tokens' KV under their trie nodes. Particles that fork or are
+resampled share their parent's nodes for free, tree kernels share prefixes the same way,
+and memory is bounded by evicting least-recently-used leaves (`kv_budget_tokens`).
+
+Every answer is a deterministic function of the context (up to float rounding of the
+batched matmuls, ~1e-6): sampling stays on the particle side (`ppllm.lm.base`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import LM, Context
+
+__all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS"]
+
+DEFAULT_KV_BUDGET_TOKENS = 16_384
+# Token strings that end a turn in common chat formats; added to the stop set when present.
+_KNOWN_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
+
+
+class _Node:
+    """One token of the trie: its KV slot in the pool and its place in the tree."""
+
+    __slots__ = ("token", "parent", "children", "slot", "depth", "path", "key")
+
+    def __init__(self, token: int, parent: _Node | None, slot: int, depth: int) -> None:
+        self.token = token
+        self.parent = parent
+        self.children: dict[int, _Node] = {}
+        self.slot = slot  # -1 once evicted (or for the root)
+        self.depth = depth
+        self.path: np.ndarray | None = None  # slots root→self, kept on leaves only
+        self.key: tuple[int, ...] | None = None  # full context, for leaves in the index
+
+
+class _KVStore:
+    """Token trie over a slot pool of per-token KV, with LRU eviction of leaves.
+
+    The pool is one tensor per K and V of shape (layers, slots, kv_heads, head_dim), so a
+    batch's whole past is gathered for all layers in one `index_select`. Slot 0 is a zero
+    dummy that padding points at (finite values, masked out of attention).
+    """
+
+    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, dtype, device, budget: int):
+        if budget < 1:
+            raise ValueError(f"kv_budget_tokens must be >= 1, got {budget}")
+        self.shape = (n_layers, kv_heads, head_dim)
+        self.dtype, self.device, self.budget = dtype, device, int(budget)
+        self.root = _Node(-1, None, -1, 0)
+        self.root.path = np.zeros(0, dtype=np.int64)
+        self.leaves: OrderedDict[_Node, None] = OrderedDict()  # oldest first
+        self.index: dict[tuple[int, ...], _Node] = {}  # full context of each leaf → leaf
+        self.free: list[int] = []
+        self.capacity = 0
+        self.k = self.v = torch.zeros(0)
+        self._grow(min(self.budget, 1024) + 1)
+        self.n_cached = 0
+        self.evictions = 0
+
+    # ---------------------------------------------------------------- slots
+    def _grow(self, capacity: int) -> None:
+        layers, heads, dim = self.shape
+        k = torch.zeros(layers, capacity, heads, dim, dtype=self.dtype, device=self.device)
+        v = torch.zeros_like(k)
+        if self.capacity:
+            k[:, : self.capacity] = self.k
+            v[:, : self.capacity] = self.v
+        self.free.extend(range(capacity - 1, max(self.capacity, 1) - 1, -1))
+        self.k, self.v, self.capacity = k, v, capacity
+
+    def alloc(self, n: int) -> list[int]:
+        if len(self.free) < n:
+            self._grow(max(2 * self.capacity, self.capacity + n - len(self.free) + 1))
+        out = self.free[-n:][::-1]
+        del self.free[len(self.free) - n :]
+        return out
+
+    # ---------------------------------------------------------------- lookup
+    def longest_prefix(self, tokens: tuple[int, ...], limit: int) -> _Node:
+        """The deepest cached node on `tokens`' path with depth <= limit."""
+        if limit <= 0:
+            return self.root
+        # The common case: last round's context (a leaf) plus one token. One hash, no walk.
+        node = self.index.get(tokens[:limit])
+        if node is not None:
+            return node
+        node = self.root
+        children = node.children
+        for tok in tokens[:limit]:
+            nxt = children.get(tok)
+            if nxt is None:
+                break
+            node, children = nxt, nxt.children
+        return node
+
+    @staticmethod
+    def path_of(node: _Node) -> np.ndarray:
+        """Pool slots of the tokens root→node (cached on leaves, rebuilt by walking otherwise)."""
+        if node.path is not None:
+            return node.path
+        slots = []
+        n: _Node | None = node
+        while n is not None and n.parent is not None:
+            slots.append(n.slot)
+            n = n.parent
+        return np.asarray(slots[::-1], dtype=np.int64)
+
+    # ---------------------------------------------------------------- insert / evict
+    def insert(
+        self, start: _Node, tokens: Sequence[int], slots: Sequence[int], full: tuple[int, ...]
+    ) -> tuple[_Node, list[int]]:
+        """Add `tokens` below `start`, taking `slots` for new nodes; return (last node, slots used).
+
+        Tokens already in the trie (computed twice in one batch) keep their first KV.
+        """
+        node, used = start, []
+        base_path = self.path_of(start)
+        new_slots: list[int] = []
+        for tok, slot in zip(tokens, slots, strict=True):
+            child = node.children.get(tok)
+            if child is None:
+                if node in self.leaves:
+                    self._unleaf(node)
+                child = _Node(tok, node, slot, node.depth + 1)
+                node.children[tok] = child
+                used.append(slot)
+                self.n_cached += 1
+            new_slots.append(child.slot)
+            node = child
+        if node is not start:
+            node.path = np.concatenate([base_path, np.asarray(new_slots, dtype=np.int64)])
+        if not node.children and node is not self.root:
+            self._leaf(node, full)
+        return node, used
+
+    def touch(self, node: _Node, full: tuple[int, ...]) -> None:
+        if node in self.leaves:
+            self.leaves.move_to_end(node)
+            if node.key != full:
+                if node.key is not None:
+                    self.index.pop(node.key, None)
+                node.key = full
+                self.index[full] = node
+
+    def _leaf(self, node: _Node, full: tuple[int, ...]) -> None:
+        node.key = full
+        self.index[full] = node
+        self.leaves[node] = None
+        self.leaves.move_to_end(node)
+
+    def _unleaf(self, node: _Node) -> None:
+        # Its path stays until the end of the batch: siblings inserted next still extend it.
+        del self.leaves[node]
+        if node.key is not None:
+            self.index.pop(node.key, None)
+            node.key = None
+
+    def evict(self) -> None:
+        """Drop least-recently-used leaves until at most `budget` tokens stay cached."""
+        while self.n_cached > self.budget and self.leaves:
+            node = next(iter(self.leaves))
+            self._unleaf(node)
+            parent = node.parent
+            assert parent is not None
+            del parent.children[node.token]
+            self.free.append(node.slot)
+            node.slot = -1
+            self.n_cached -= 1
+            self.evictions += 1
+            if parent is not self.root and not parent.children:
+                # The parent of an evicted leaf is older than everything still cached below
+                # other branches: queue it first, so dead branches go before live ones.
+                parent.key = None
+                self.leaves[parent] = None
+                self.leaves.move_to_end(parent, last=False)
+
+    def clear(self) -> None:
+        self.__init__(*self.shape, self.dtype, self.device, self.budget)  # type: ignore[misc]
+
+
+_BUFFER_LAYER: Any = None
+
+
+def _buffer_layer_class() -> Any:
+    """A DynamicLayer over preallocated buffers (transformers >= 4.56), or None before that."""
+    global _BUFFER_LAYER
+    if _BUFFER_LAYER is None:
+        try:
+            from transformers.cache_utils import DynamicLayer
+        except ImportError:
+            return None
+
+        class _BufferLayer(DynamicLayer):
+            """Holds `filled` past positions of (B, heads, W, dim) buffers; writes new ones in place."""
+
+            def __init__(self, kbuf: torch.Tensor, vbuf: torch.Tensor, filled: int) -> None:
+                super().__init__()
+                self.kbuf, self.vbuf, self.filled = kbuf, vbuf, filled
+                self.is_initialized = True
+                self.dtype, self.device = kbuf.dtype, kbuf.device
+                self.keys, self.values = kbuf[:, :, :filled], vbuf[:, :, :filled]
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                end = self.filled + key_states.shape[-2]
+                self.kbuf[:, :, self.filled : end] = key_states
+                self.vbuf[:, :, self.filled : end] = value_states
+                self.filled = end
+                self.keys, self.values = self.kbuf[:, :, :end], self.vbuf[:, :, :end]
+                return self.keys, self.values
+
+            def get_seq_length(self) -> int:
+                return self.filled
+
+        _BUFFER_LAYER = _BufferLayer
+    return _BUFFER_LAYER
+
+
+def _make_buffer_cache(keys: list[torch.Tensor], values: list[torch.Tensor], filled: int) -> Any:
+    """A transformers cache whose layers already hold `filled` past positions of preallocated
+    buffers and write new positions in place, so the gathered past is never copied again."""
+    from transformers import DynamicCache
+
+    layer = _buffer_layer_class()
+    cache = DynamicCache()
+    if layer is None:  # older transformers: a plain cache, filled through its own update
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+            cache.update(k[:, :, :filled].contiguous(), v[:, :, :filled].contiguous(), i)
+        return cache
+    cache.layers = [layer(k, v, filled) for k, v in zip(keys, values, strict=True)]
+    cache.layer_class_to_replicate = None
+    return cache
+
+
+def _copy_back(cache: Any, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Older transformers grow a plain cache by concatenation: copy its states to our buffers."""
+    for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+        if hasattr(cache, "key_cache"):
+            ck, cv = cache.key_cache[i], cache.value_cache[i]
+        else:
+            ck, cv = cache.layers[i].keys, cache.layers[i].values
+        k.copy_(ck)
+        v.copy_(cv)
+
+
+class HFLM(LM):
+    """A transformers causal LM behind ppllm's LM interface, with prefix KV reuse.
+
+    >>> lm = HFLM.load("tiny-arith")                      # doctest: +SKIP
+    >>> lm.logprobs([lm.context("Q: 12+34=\\n").tokens])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str = "hf",
+        kv_budget_tokens: int = DEFAULT_KV_BUDGET_TOKENS,
+        stop_token_ids: Sequence[int] = (),
+        answer_cache_bytes: int = 64 << 20,
+        max_batch_positions: int = 32_768,
+    ) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        config = model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.max_positions = int(
+            getattr(text_config, "max_position_embeddings", None)
+            or getattr(text_config, "n_positions", None)
+            or 1 << 30
+        )
+        self.eos_token_id = tokenizer.eos_token_id
+        if self.eos_token_id is None:
+            eos = getattr(config, "eos_token_id", None)
+            self.eos_token_id = eos[0] if isinstance(eos, list | tuple) else eos
+        self.stop_token_ids = self._collect_stop_ids(stop_token_ids)
+        self.eos_token_ids = frozenset(self.stop_token_ids)
+        self.max_batch_positions = int(max_batch_positions)
+        forward = inspect.signature(model.forward).parameters
+        # transformers 5 renamed `past_key_values` to `cache`; take whichever forward has.
+        self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
+        self._has_logits_to_keep = "logits_to_keep" in forward
+        n_layers, kv_heads, head_dim = self._kv_shape(text_config)
+        self._kv = _KVStore(n_layers, kv_heads, head_dim, self.dtype, self.device, kv_budget_tokens)
+        self._answers: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._answer_budget = max(1, answer_cache_bytes // (8 * self.vocab_size))
+        self._vocab_strings: list[str] | None = None
+        self.stats = {"forwards": 0, "rows": 0, "new_tokens": 0, "reused_tokens": 0, "answer_hits": 0}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | Path,
+        gguf_file: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        kv_budget_tokens: int = DEFAULT_KV_BUDGET_TOKENS,
+        **kwargs: Any,
+    ) -> HFLM:
+        """Load a zoo model by name ("tiny-arith", "smollm2"), a safetensors dir or a GGUF file.
+
+        Never touches the model hub (`local_files_only`). Raises FileNotFoundError for a
+        missing path and ValueError for something that is not a causal LM.
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        from ..zoo import MODELS, resolve
+
+        key = str(name_or_path)
+        stop_ids: list[int] = list(kwargs.pop("stop_token_ids", ()))
+        if key in MODELS:
+            path = resolve(key)  # FileNotFoundError says how to get the model
+            name = key
+            if key == "smollm2":
+                from ..zoo import smollm2
+
+                stop_ids += smollm2.stop_token_ids()
+        else:
+            path = Path(key).expanduser()
+            if not path.exists():
+                known = ", ".join(sorted(MODELS))
+                raise FileNotFoundError(
+                    f"no model at {str(path)!r}: pass a registered name ({known}), "
+                    "a directory with config.json, or a .gguf file"
+                )
+            name = path.stem if path.is_file() else path.name
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ValueError(f"{path} is a file but not a .gguf model")
+            if gguf_file is not None and gguf_file != path.name:
+                raise ValueError(f"gguf_file={gguf_file!r} conflicts with the file path {path}")
+            path, gguf_file = path.parent, path.name
+        if gguf_file is not None:
+            if not (path / gguf_file).is_file():
+                raise FileNotFoundError(f"no GGUF file {gguf_file!r} in {path}")
+        elif not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a transformers model directory")
+        opts: dict[str, Any] = {"local_files_only": True}
+        if gguf_file is not None:
+            opts["gguf_file"] = gguf_file
+        try:
+            config = AutoConfig.from_pretrained(path, **opts)
+        except (ValueError, KeyError, OSError) as err:
+            raise ValueError(f"cannot read a model config from {path}: {err}") from err
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+            raise ValueError(
+                f"{path} holds a {config.model_type!r} model, which is not a causal LM "
+                "(transformers has no AutoModelForCausalLM class for it)"
+            )
+        # `torch_dtype` became `dtype` in transformers 4.56.
+        dtype_kw = "dtype" if _tf_version() >= (4, 56) else "torch_dtype"
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **opts, **{dtype_kw: dtype})
+        except OSError as err:
+            raise FileNotFoundError(f"cannot load the weights of {path}: {err}") from err
+        model.to(device)
+        tokenizer = AutoTokenizer.from_pretrained(path, **opts)
+        return cls(model, tokenizer, name=name, kv_budget_tokens=kv_budget_tokens, stop_token_ids=stop_ids, **kwargs)
+
+    def _collect_stop_ids(self, extra: Sequence[int]) -> list[int]:
+        ids: list[int] = []
+        sources: list[Any] = [self.eos_token_id, getattr(self.model.config, "eos_token_id", None)]
+        gen = getattr(self.model, "generation_config", None)
+        if gen is not None:
+            sources.append(gen.eos_token_id)
+        sources.append(list(extra))
+        vocab = self.tokenizer.get_vocab()
+        special = set(getattr(self.tokenizer, "all_special_tokens", []))
+        sources.append([vocab[t] for t in _KNOWN_STOP_TOKENS if t in vocab and t in special])
+        for src in sources:
+            for t in src if isinstance(src, list | tuple) else [src]:
+                if t is not None and 0 <= int(t) < self.vocab_size and int(t) not in ids:
+                    ids.append(int(t))
+        return ids
+
+    @staticmethod
+    def _kv_shape(config: Any) -> tuple[int, int, int]:
+        n_layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+        n_heads = getattr(config, "num_attention_heads", None) or config.n_head
+        kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
+        hidden = getattr(config, "hidden_size", None) or config.n_embd
+        head_dim = getattr(config, "head_dim", None) or hidden // n_heads
+        return int(n_layers), int(kv_heads), int(head_dim)
+
+    # ------------------------------------------------------------------ tokenizer
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no BOS added); raises ValueError if the tokenizer loses text."""
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        back = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        if back != text:
+            bad = [ch for ch in dict.fromkeys(text) if self.tokenizer.decode(
+                self.tokenizer.encode(ch, add_special_tokens=False), clean_up_tokenization_spaces=False) != ch]
+            what = f"the characters {bad[:10]!r}" if bad else "this text (the round trip changes it)"
+            raise ValueError(
+                f"the tokenizer of {self.name} cannot encode {what}: encoding {text[:60]!r} "
+                f"and decoding it back gives {back[:60]!r}"
+            )
+        return ids
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text of `tokens`; stop tokens (EOS, end of turn) are left out."""
+        stops = self.eos_token_ids
+        return self.tokenizer.decode([int(t) for t in tokens if int(t) not in stops],
+                                     clean_up_tokenization_spaces=False)
+
+    def vocab_strings(self) -> list[str]:
+        """The text of every token id alone (for masks such as "tokens without an e")."""
+        if self._vocab_strings is None:
+            ids = [[i] for i in range(self.vocab_size)]
+            strings = self.tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False)
+            self._vocab_strings = ["" if i in self.eos_token_ids else s for i, s in enumerate(strings)]
+        return self._vocab_strings
+
+    def chat(self, prompt: str, system: str | None = None) -> str:
+        """`prompt` as a user turn in the model's chat template, ready for the assistant's reply."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.name} has no chat template; pass plain text to lm.context()")
+        messages = ([{"role": "system", "content": system}] if system is not None else [])
+        messages.append({"role": "user", "content": prompt})
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def context(self, prompt: str | Sequence[int] = "") -> Context:
+        ctx = super().context(prompt)
+        if len(ctx) >= self.max_positions:
+            raise ValueError(f"prompt has {len(ctx)} tokens; {self.name} takes at most {self.max_positions}")
+        return ctx
+
+    # ------------------------------------------------------------------ cache control
+    def clear_cache(self) -> None:
+        """Forget every cached prefix and answer (results do not depend on it)."""
+        self._kv.clear()
+        self._answers.clear()
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._kv.n_cached
+
+    # ------------------------------------------------------------------ backend
+    def logprobs(self, contexts: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+        """Next-token log-probabilities (float64) after each context: one batched forward."""
+        out: list[np.ndarray | None] = [None] * len(contexts)
+        todo: dict[tuple[int, ...], list[int]] = {}
+        for i, ctx in enumerate(contexts):
+            ctx = tuple(ctx)
+            hit = self._answers.get(ctx)
+            if hit is not None:
+                self._answers.move_to_end(ctx)
+                self.stats["answer_hits"] += 1
+                out[i] = hit
+            else:
+                todo.setdefault(ctx, []).append(i)
+        if todo:
+            rows = [(ctx, len(ctx) - 1) for ctx in todo]
+            for (ctx, idx), lp in zip(todo.items(), self._run(rows), strict=True):
+                row = lp[0]
+                row.setflags(write=False)
+                self._remember(ctx, row)
+                for i in idx:
+                    out[i] = row
+        return out  # type: ignore[return-value]
+
+    def continuation_logprobs(
+        self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
+    ) -> list[np.ndarray]:
+        """Log-prob vectors at each continuation position: one batched forward for all pairs."""
+        out: list[np.ndarray] = [np.zeros((0, self.vocab_size))] * len(pairs)
+        rows, where = [], []
+        for i, (ctx, cont) in enumerate(pairs):
+            if cont:
+                rows.append((tuple(ctx) + tuple(cont[:-1]), len(ctx) - 1))
+                where.append(i)
+        for i, lp in zip(where, self._run(rows) if rows else [], strict=True):
+            out[i] = lp
+        return out
+
+    def _remember(self, ctx: tuple[int, ...], row: np.ndarray) -> None:
+        self._answers[ctx] = row
+        while len(self._answers) > self._answer_budget:
+            self._answers.popitem(last=False)
+
+    def _run(self, rows: list[tuple[tuple[int, ...], int]]) -> list[np.ndarray]:
+        """For each (tokens, keep_from): log-probs (float64) after tokens[:j+1], j >= keep_from."""
+        for tokens, keep in rows:
+            if keep < 0:
+                raise ValueError(
+                    f"{self.name} needs at least one context token before predicting "
+                    "(start the context with a prompt or BOS)"
+                )
+            if len(tokens) > self.max_positions:
+                raise ValueError(f"context of {len(tokens)} tokens exceeds {self.name}'s {self.max_positions} positions")
+        plans = [(tokens, keep, self._kv.longest_prefix(tokens, keep)) for tokens, keep in rows]
+        out: list[np.ndarray] = []
+        batch: list = []
+        cost = 0
+        for plan in plans:
+            tokens, _, node = plan
+            width = len(tokens)
+            if batch and (len(batch) + 1) * max(cost, width) > self.max_batch_positions:
+                out.extend(self._forward(batch))
+                batch, cost = [], 0
+            batch.append(plan)
+            cost = max(cost, width)
+        if batch:
+            out.extend(self._forward(batch))
+        self._kv.evict()
+        return out
+
+    @torch.no_grad()
+    def _forward(self, plans: list[tuple[tuple[int, ...], int, _Node]]) -> list[np.ndarray]:
+        kv = self._kv
+        B = len(plans)
+        past = [node.depth for _, _, node in plans]
+        suffix = [tokens[d:] for (tokens, _, _), d in zip(plans, past, strict=True)]
+        need = [len(tokens) - keep for tokens, keep, _ in plans]
+        P, S = max(past), max(len(s) for s in suffix)
+        W = P + S
+        # Gather every row's past KV for all layers at once; the S tail positions are filled in
+        # place by the forward pass itself (see _make_buffer_cache).
+        idx = np.zeros((B, W), dtype=np.int64)
+        for b, (_, _, node) in enumerate(plans):
+            if past[b]:
+                idx[b, P - past[b] : P] = kv.path_of(node)
+        n_layers, heads, dim = kv.shape
+        # Pool rows are (slot, head) pairs, so gathering them in (row, head, position) order
+        # yields contiguous (B, heads, W, head_dim) buffers, the layout attention runs fastest on.
+        head = torch.arange(heads).view(1, heads, 1)
+        rows = (torch.from_numpy(idx).view(B, 1, W) * heads + head).reshape(-1)
+        kbuf = kv.k.view(n_layers, -1, dim).index_select(1, rows).view(n_layers, B, heads, W, dim)
+        vbuf = kv.v.view(n_layers, -1, dim).index_select(1, rows).view(n_layers, B, heads, W, dim)
+        keys = [kbuf[i] for i in range(n_layers)]
+        values = [vbuf[i] for i in range(n_layers)]
+        cache = _make_buffer_cache(keys, values, P)
+
+        lens = [len(s) for s in suffix]
+        ragged = any(p != P for p in past) or any(n != S for n in lens)
+        if S == 1:  # the common round: one new token per row
+            ids_np = np.array(suffix, dtype=np.int64)
+            pos_np = np.array(past, dtype=np.int64).reshape(B, 1)
+        else:
+            ids_np = np.zeros((B, S), dtype=np.int64)
+            pos_np = np.zeros((B, S), dtype=np.int64)
+            for b, suf in enumerate(suffix):
+                ids_np[b, S - lens[b] :] = suf
+                pos_np[b, S - lens[b] :] = np.arange(past[b], past[b] + lens[b])
+        input_ids, position_ids = torch.from_numpy(ids_np), torch.from_numpy(pos_np)
+        mask = None
+        if ragged or (S > 1 and P > 0):
+            mask = self._mask(past, lens, P, S)
+        keep = max(need)
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids.to(self.device),
+            "position_ids": position_ids.to(self.device),
+            "attention_mask": mask,
+            self._cache_kwarg: cache,
+            "use_cache": True,
+        }
+        if self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        logits = self.model(**kwargs).logits[:, -keep:, :]
+        if _buffer_layer_class() is None:
+            _copy_back(cache, keys, values)
+        self.stats["forwards"] += 1
+        self.stats["rows"] += B
+        self.stats["new_tokens"] += sum(len(s) for s in suffix)
+        self.stats["reused_tokens"] += sum(past)
+        # float32 logits, normalised in float64: the weights see exactly normalised float64 values.
+        lp = torch.log_softmax(logits.to(torch.float64), dim=-1).cpu().numpy()
+
+        # Store the new tokens' KV: one pool write for all rows and layers.
+        new_pos: list[int] = []
+        new_slots: list[int] = []
+        for b, ((tokens, _, node), suf) in enumerate(zip(plans, suffix, strict=True)):
+            slots = kv.alloc(len(suf))
+            last, used = kv.insert(node, suf, slots, tokens)
+            unused = [s for s in slots if s not in set(used)]
+            kv.free.extend(unused)
+            if used:
+                start = b * W + P + S - len(suf)
+                pos = {s: start + j for j, s in enumerate(slots)}
+                new_pos.extend(pos[s] for s in used)
+                new_slots.extend(used)
+            kv.touch(last, tokens)
+        for _, _, node in plans:  # paths are kept on leaves only: O(depth) memory per branch
+            if node.children and node.parent is not None:
+                node.path = None
+        if new_slots:
+            pos = torch.tensor(new_pos, dtype=torch.long).view(-1, 1)
+            hs = torch.arange(heads).view(1, heads)
+            src = ((pos // W) * heads * W + hs * W + pos % W).reshape(-1)
+            dst = (torch.tensor(new_slots, dtype=torch.long).view(-1, 1) * heads + hs).reshape(-1)
+            for pool, buf in ((kv.k, kbuf), (kv.v, vbuf)):
+                pool.view(n_layers, -1, dim).index_copy_(1, dst, buf.view(n_layers, -1, dim).index_select(1, src))
+        return [lp[b, keep - need[b] :] for b in range(B)]
+
+    def _mask(self, past: list[int], lens: list[int], P: int, S: int) -> torch.Tensor:
+        """(B, 1, S, P+S) boolean mask: each real query sees its own past and earlier suffix
+        tokens; padding queries see only themselves (so they stay finite)."""
+        B = len(past)
+        pb = torch.tensor(past).view(B, 1, 1)
+        nb = torch.tensor(lens).view(B, 1, 1)
+        q = torch.arange(S).view(1, S, 1)
+        k = torch.arange(P + S).view(1, 1, P + S)
+        real_q = q >= S - nb
+        past_ok = (k < P) & (k >= P - pb)
+        kj = k - P
+        suf_ok = (k >= P) & (kj >= S - nb) & (kj <= q)
+        mask = real_q & (past_ok | suf_ok)
+        mask = mask | (~real_q & (kj == q))
+        return mask.unsqueeze(1).to(self.device)
+
+    def __repr__(self) -> str:
+        return f"HFLM({self.name!r}, vocab_size={self.vocab_size}, cached_tokens={self.cached_tokens})"
+
+
+def _tf_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+

@@ -1,0 +1,295 @@
+"""The `hf` backend: batched log-probabilities with KV reuse equal a plain full forward.
+
+Every check compares the backend's answers with a fresh, cache-free forward pass of each
+context on its own. They run on tiny-arith when its weights are present, else on a
+randomly initialised model of the same shape and tokenizer; SmolLM2 checks are marked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import ppllm
+from ppllm.lm import HFLM, Context
+from ppllm.lm.hf import _KVStore
+from ppllm.zoo import resolve
+from ppllm.zoo.char_tokenizer import save_tokenizer
+
+TOL = 1e-4
+PROMPT = "Q: 37+48+19=\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """tiny-arith's directory, or a random GPT-2 with its shape and tokenizer."""
+    try:
+        return resolve("tiny-arith")
+    except FileNotFoundError:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        out = tmp_path_factory.mktemp("tiny-random")
+        tok = save_tokenizer(out)
+        torch.manual_seed(0)
+        # A large init makes the logits depend strongly on the context, as a trained model's do.
+        cfg = GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=96, n_layer=4, n_head=4,
+                         activation_function="gelu_pytorch_tanh", initializer_range=0.2,
+                         bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        GPT2LMHeadModel(cfg).save_pretrained(out)
+        return out
+
+
+@pytest.fixture
+def tiny(tiny_dir):
+    return HFLM.load(tiny_dir)
+
+
+def reference(lm: HFLM, ctx: tuple[int, ...]) -> np.ndarray:
+    """Next-token log-probabilities from one plain forward pass, no cache, no batching."""
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ctx])).logits[0, -1]
+    return torch.log_softmax(logits.float(), -1).double().numpy()
+
+
+def max_error(lm: HFLM, contexts: list[tuple[int, ...]]) -> float:
+    got = lm.logprobs(contexts)
+    return max(float(np.max(np.abs(g - reference(lm, c)))) for g, c in zip(got, contexts, strict=True))
+
+
+def grow(rng: np.random.Generator, contexts: list[tuple[int, ...]], vocab: int, width: int = 8):
+    """Fork and extend contexts by 1-3 random tokens each: ragged rows sharing prefixes."""
+    out = []
+    for c in contexts:
+        for _ in range(int(rng.integers(1, 3))):
+            extra = rng.integers(1, vocab, size=int(rng.integers(1, 4)))
+            out.append(c + tuple(int(t) for t in extra))
+    return out[:width]
+
+
+# ---------------------------------------------------------------------- equality
+def test_batched_logprobs_equal_full_recompute_across_rounds(tiny):
+    rng = np.random.default_rng(0)
+    contexts = [tiny.context(PROMPT).tokens]
+    errors = []
+    for _ in range(5):
+        contexts = grow(rng, contexts, tiny.vocab_size)
+        errors.append(max_error(tiny, contexts))
+        assert all(len(c) > len(PROMPT) for c in contexts)
+    assert max(errors) < TOL
+    # The prompt and every earlier round were reused, never recomputed.
+    assert tiny.stats["forwards"] == 5
+    assert tiny.stats["reused_tokens"] > tiny.stats["new_tokens"]
+
+
+def test_same_length_rows_extended_by_one_token(tiny):
+    base = tiny.context(PROMPT).tokens
+    contexts = [base + (t,) for t in range(1, 9)]
+    assert max_error(tiny, contexts) < TOL
+    contexts = [c + (3,) for c in contexts]  # the common SMC round: every row plus one token
+    assert max_error(tiny, contexts) < TOL
+    # Round 1 encodes each row in full; round 2 runs one token per row on the cached rows.
+    assert tiny.stats["new_tokens"] == 8 * (len(base) + 1) + 8
+    assert tiny.stats["reused_tokens"] == 8 * (len(base) + 1)
+
+
+def test_continuation_logprobs_equal_full_recompute(tiny):
+    base = tiny.context(PROMPT).tokens
+    tiny.logprobs([base])  # the context is cached; the continuation must still be right
+    pairs = [(base, (5, 6, 7)), (base[:-2], (2,)), (base + (4,), (1, 1))]
+    got = tiny.continuation_logprobs(pairs)
+    for (ctx, cont), rows in zip(pairs, got, strict=True):
+        assert rows.shape == (len(cont), tiny.vocab_size) and rows.dtype == np.float64
+        for j in range(len(cont)):
+            assert np.max(np.abs(rows[j] - reference(tiny, ctx + cont[:j]))) < TOL
+
+
+def test_chunk_log_prob_agrees_with_its_draw(tiny):
+    """A chunk's log p from sampling (next-token path) equals its score (continuation path)."""
+    ctx = tiny.context(PROMPT)
+    dist = tiny.chunk(ctx, stop="\n", max_tokens=12)
+    for seed in range(3):
+        draw = ppllm.request.answer_now(dist.sample(ppllm.SeededRng(seed)))
+        tokens = draw.value.tokens
+        assert "\n" in draw.value.text or tiny.is_eos(tokens[-1]) or len(tokens) == 12
+        scored = ppllm.request.answer_now(dist.log_prob(draw.value))
+        assert scored == pytest.approx(draw.log_prob, abs=TOL)
+
+
+class _Extend(ppllm.Program):
+    """Token-level program whose weights differ, so resampling forks and drops particles."""
+
+    def __init__(self, lm, ctx, n):
+        self.lm, self.ctx, self.n = lm, ctx, n
+
+    async def step(self):
+        tok = await self.sample(self.lm.next_token(self.ctx))
+        self.ctx = self.ctx + tok
+        self.factor(-1.0 * (tok % 3))
+        if len(self.ctx) >= self.n:
+            self.finish()
+
+
+def test_after_smc_with_resampling_the_cache_still_answers_right(tiny):
+    ctx = tiny.context(PROMPT)
+    post = ppllm.smc(_Extend(tiny, ctx, len(ctx) + 10), 12, seed=1, ess_threshold=1.0)
+    assert sum(s.resampled for s in post.steps) >= 5
+    ancestors = np.concatenate([s.ancestors for s in post.steps if s.resampled])
+    assert len(np.unique(ancestors)) < len(ancestors)  # resampling really duplicated particles
+    survivors = sorted({p.ctx.tokens for p in post.particles})
+    forwards = tiny.stats["forwards"]
+    assert max_error(tiny, survivors) < TOL
+    # Survivors' prefixes came from the cache: only their last token was run again.
+    assert tiny.stats["forwards"] == forwards + 1
+    assert tiny.stats["new_tokens"] - sum(1 for _ in survivors) < len(ctx) + 12 * 10
+
+
+def test_after_eviction_answers_stay_right(tiny_dir):
+    lm = HFLM.load(tiny_dir, kv_budget_tokens=12)
+    rng = np.random.default_rng(3)
+    contexts = [lm.context(PROMPT).tokens]
+    for _ in range(5):
+        contexts = grow(rng, contexts, lm.vocab_size)
+        assert max_error(lm, contexts) < TOL
+        assert lm.cached_tokens <= 12
+    assert lm._kv.evictions > 0
+    # Evicted prefixes are recomputed, not read from reused slots.
+    assert max_error(lm, [contexts[0][:-1], contexts[-1] + (2,)]) < TOL
+
+
+def test_broken_twin_reusing_the_wrong_prefix_fails_the_check(tiny_dir):
+    """A store that hands out another context's KV must be caught by the equality check."""
+
+    class WrongPrefix(_KVStore):
+        def longest_prefix(self, tokens, limit):
+            node = super().longest_prefix(tokens, limit)
+            # Any other cached node of the same depth: right length, wrong tokens.
+            for other in self.index.values():
+                if other.depth == node.depth and other is not node:
+                    return other
+            return node
+
+    lm = HFLM.load(tiny_dir)
+    lm._kv.__class__ = WrongPrefix
+    base = lm.context(PROMPT).tokens
+    first = [base + (t,) for t in (1, 2, 3, 4)]
+    lm.logprobs(first)
+    assert max_error(lm, [c + (5,) for c in first]) > 1e-3
+
+
+# ---------------------------------------------------------------------- loading
+def test_gguf_and_safetensors_give_the_same_logprobs(tiny_dir, tmp_path):
+    from ppllm.zoo.gguf_export import export_gguf
+
+    gguf = export_gguf(tiny_dir, tmp_path / "tiny.gguf")
+    a = HFLM.load(tiny_dir)
+    b = HFLM.load(gguf)
+    c = HFLM.load(tmp_path, gguf_file="tiny.gguf")
+    ctx = a.context(PROMPT).tokens
+    assert b.context(PROMPT).tokens == ctx
+    contexts = [ctx, ctx + (3, 4), ctx[:-3]]
+    for x, y, z in zip(a.logprobs(contexts), b.logprobs(contexts), c.logprobs(contexts), strict=True):
+        assert np.max(np.abs(x - y)) < 1e-5 and np.max(np.abs(x - z)) < 1e-5
+    assert a.eos_token_ids == b.eos_token_ids
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        HFLM.load(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        HFLM.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no GGUF file 'x.gguf'"):
+        HFLM.load(tmp_path, gguf_file="x.gguf")
+
+
+def test_a_model_that_is_not_a_causal_lm_is_rejected(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(ValueError, match="'vit' model, which is not a causal LM"):
+        HFLM.load(tmp_path)
+
+
+def test_a_directory_without_weights_is_a_clear_error(tiny_dir, tmp_path):
+    (tmp_path / "config.json").write_text((tiny_dir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="cannot load the weights"):
+        HFLM.load(tmp_path)
+
+
+def test_text_the_tokenizer_cannot_encode_is_rejected(tiny):
+    with pytest.raises(ValueError, match=r"cannot encode the characters \['x', 'y'\]"):
+        tiny.context("Q: 2x+y=\n")
+    with pytest.raises(ValueError, match="at least one context token"):
+        tiny.logprobs([()])
+
+
+def test_logprobs_are_float64_distributions(tiny):
+    (lp,) = tiny.logprobs([tiny.context(PROMPT).tokens])
+    assert lp.dtype == np.float64 and lp.shape == (tiny.vocab_size,)
+    assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-9)
+    assert not lp.flags.writeable  # shared between particles: nobody may change it
+
+
+# ---------------------------------------------------------------------- SMC end to end
+def _run(lm, seed):
+    ctx = lm.context(PROMPT)
+    post = ppllm.smc(_Extend(lm, ctx, len(ctx) + 8), 8, seed=seed, ess_threshold=0.5)
+    return [p.ctx.tokens for p in post.particles], post.log_weights.copy(), post.log_Z
+
+
+def test_smc_on_tiny_model_is_reproducible(tiny):
+    a = _run(tiny, 7)
+    tiny.clear_cache()
+    b = _run(tiny, 7)
+    c = _run(tiny, 8)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert np.isfinite(a[2]) and a[0] != c[0]
+
+
+def test_importing_ppllm_lm_does_not_import_torch():
+    code = "import sys, ppllm.lm; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------- SmolLM2
+@pytest.fixture(scope="module")
+def smol():
+    from ppllm.zoo import smollm2
+
+    if not smollm2.is_available():
+        try:
+            smollm2.fetch(progress=False)
+        except smollm2.DownloadError as err:
+            pytest.skip(f"SmolLM2 cannot be fetched here: {err}")
+    return HFLM.load("smollm2")
+
+
+@pytest.mark.smollm2
+def test_smollm2_chat_and_stop_tokens(smol):
+    text = smol.chat("hi")
+    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    ids = {smol.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    assert ids <= smol.eos_token_ids and all(smol.is_eos(i) for i in ids)
+    assert smol.context(text).tokens == tuple(smol.tokenizer.encode(text, add_special_tokens=False))
+    # A chunk ends at the end of the turn, whichever stop token the model picks.
+    dist = smol.chunk(Context(smol.context(text).tokens), max_tokens=3)
+    assert all(dist._stops_after((5, i)) for i in ids)
+
+
+@pytest.mark.smollm2
+def test_smollm2_batched_logprobs_equal_full_recompute(smol):
+    rng = np.random.default_rng(0)
+    contexts = [smol.context(smol.chat("Name a colour.")).tokens]
+    for _ in range(2):
+        contexts = grow(rng, contexts, 1000, width=4)
+        assert max_error(smol, contexts) < TOL
