@@ -243,29 +243,48 @@ def train(
 
 
 def _write_record(out: Path, record: dict) -> None:
+    """training.json (machine-readable) and TRAINING.md (the same facts, for people)."""
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     acc = record.get("heldout_accuracy", {})
     cfg = record["config"]
+    weights = ", ".join(
+        f"{n}: {w:g}"
+        for n, w in zip(
+            range(cfg["min_operands"], cfg["max_operands"] + 1), cfg["operand_weights"], strict=True
+        )
+    )
     lines = [
         "# tiny-arith",
         "",
-        "A character-level GPT-2 trained by `ppllm.zoo.tiny_arith` on addition chains "
-        "(`Q: a+b+c=` then one `x+y=z` line per partial sum, then `A: z`).",
+        "A character-level GPT-2 trained by `ppllm.zoo.tiny_arith` on addition chains: "
+        "`Q: a+b+c=` then one `x+y=z` line per partial sum, then `A: z`, then `<|endoftext|>`. "
+        "Operands are 2-digit (10-99).",
         "",
         f"- command: `{record['command']}`",
-        f"- seed: {cfg['seed']}, steps: {cfg['steps']}, batch: {cfg['batch_size']}, "
-        f"threads: {record['threads']}",
+        f"- seed: {cfg['seed']}, steps: {cfg['steps']}, batch: {cfg['batch_size']} problems, "
+        f"AdamW lr {cfg['lr']:g} (warmup {cfg['warmup']}, linear cooldown over the last "
+        f"{cfg['cooldown']:.0%}), torch threads: {record['threads']}",
+        f"- training problems: {cfg['min_operands']}-{cfg['max_operands']} operands, relative "
+        f"frequency by operand count {{{weights}}}; loss on the solution and EOS only",
         f"- model: {cfg['n_layer']} layers, n_embd {cfg['n_embd']}, {cfg['n_head']} heads, "
-        f"{record['parameters']} parameters (stored as float16)",
-        f"- final training loss (mean of last 50 steps): {record['final_loss']:.4f}",
+        f"n_positions {cfg['n_positions']}, {record['parameters']} parameters, stored as float16",
+        f"- final training loss (mean of the last 50 steps, nats per character): "
+        f"{record['final_loss']:.4f}",
         f"- training time: {record['train_seconds']} s on {record['machine']} "
         f"(torch {record['torch']})",
     ]
     if acc:
         lines.append(
-            f"- held-out accuracy, one sample at temperature 1 on {acc['n']} 3-5-operand "
-            f"chains: {acc['accuracy']:.3f} (by operands: {acc['by_operands']})"
+            f"- held-out accuracy, one sample at temperature {acc['temperature']:g} on "
+            f"{acc['n']} 3-5-operand chains: {acc['accuracy']:.3f} (by operand count: "
+            f"{acc['by_operands']}); re-measure with `python -m ppllm.zoo.tiny_arith eval`"
         )
+    lines += [
+        "",
+        "Held-out questions are those whose hash is 0 mod "
+        f"{arith_data.HELDOUT_FRACTION_DENOM} (`ppllm.zoo.arith_data.is_heldout`); training "
+        "never draws them, and evaluation draws from its own seed stream.",
+    ]
     (out / "TRAINING.md").write_text("\n".join(lines) + "\n")
 
 
