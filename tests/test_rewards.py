@@ -335,9 +335,6 @@ def test_learned_prm_scores_and_heldout_auc():
     from ppllm.rewards import LearnedArithPRM
     from ppllm.rewards.train_arith_prm import evaluate_auc, load_heldout
 
-    policy = ARITH_PRM.parent / "tiny-arith" / "model.safetensors"
-    if not (ARITH_PRM / "model.safetensors").is_file() and not policy.is_file():
-        pytest.skip("neither tiny-arith nor arith-prm weights are present to train or test it")
     prm = LearnedArithPRM.load(ARITH_PRM)
     s = prm.score_now(Q, ["37+48=85", "85+19=104", "A: 104"])
     assert s.shape == (3,) and ((s >= 0) & (s <= 1)).all()
@@ -356,15 +353,11 @@ def test_learned_prm_scores_and_heldout_auc():
 
 
 # ---------------------------------------------------------------------- LM judge
-def _smollm2_available() -> bool:
-    from ppllm.zoo import smollm2
-
-    return smollm2.is_available()
-
-
 @pytest.mark.smollm2
-@pytest.mark.skipif(not _smollm2_available(), reason="SmolLM2 is not fetched")
 def test_lm_judge_gives_probabilities_batched_like_alone():
+    from smollm2_fixture import require_smollm2
+
+    require_smollm2()
     from ppllm.rewards import LMJudgePRM
 
     judge = LMJudgePRM.load("smollm2", batch_size=4)
