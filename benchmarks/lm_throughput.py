@@ -106,9 +106,9 @@ def bench_model(
     from transformers import GenerationConfig
 
     import ppllm
-    from ppllm.lm.hf import HFLM
+    from ppllm import zoo
 
-    lm = HFLM.load(name)
+    lm = zoo.load_lm(name)
     res_name = label or name
     TokenSampler, ChunkSampler = _programs()
     chat = getattr(lm.tokenizer, "chat_template", None) is not None
@@ -179,8 +179,8 @@ def _tiny_arith_stand_in(directory: Path) -> Path:
     import torch
     from transformers import GPT2LMHeadModel
 
+    from ppllm.tasks.arith.train_lm import TrainConfig, model_config
     from ppllm.zoo.char_tokenizer import save_tokenizer
-    from ppllm.zoo.tiny_arith import TrainConfig, model_config
 
     tok = save_tokenizer(directory)
     torch.manual_seed(0)

@@ -39,7 +39,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ppllm.kernels import baselines, particle_filter, particle_gibbs, smc  # noqa: E402
+from ppllm.kernels import (  # noqa: E402
+    beam_search,
+    best_of_n,
+    dvts,
+    particle_filter,
+    particle_gibbs,
+    selection,  # noqa: E402
+    smc,
+)
 from ppllm.rng import SeededRng  # noqa: E402
 
 METHODS = ("pf_puri", "pf_ratio", "pg", "bon", "wbon", "majority", "beam", "dvts")
@@ -55,17 +63,17 @@ _CTX: dict = {}  # per process: the LM and the PRMs, loaded once
 def _load(lm_path: str | None, prm_path: str | None) -> dict:
     if not _CTX:
         torch.set_num_threads(1)
-        from ppllm.lm.hf import HFLM
-        from ppllm.rewards import ExactArithVerifier, LearnedArithPRM
+        from ppllm import zoo
+        from ppllm.tasks.arith import ExactArithVerifier, LearnedArithPRM
 
-        _CTX["lm"] = HFLM.load(lm_path or "tiny-arith")
+        _CTX["lm"] = zoo.load_lm(lm_path or "tiny-arith")
         _CTX["learned"] = LearnedArithPRM.load(prm_path)
         _CTX["exact"] = ExactArithVerifier()
     return _CTX
 
 
 def program_for(ctx: dict, prm: str, operands: tuple[int, ...], weighting: str):
-    from models.math_reasoning import MathReasoning
+    from ppllm_models.math_reasoning import MathReasoning
 
     return MathReasoning.tiny_arith(
         ctx["lm"], ctx[prm], *operands, weighting=weighting, aggregation="last", potential="odds"
@@ -96,7 +104,7 @@ def run_method(ctx: dict, method: str, prm: str, operands, budget: int, seed: in
         post = particle_gibbs.run(program_for(ctx, prm, operands, "ratio"), budget // it, it, seed=seed,
                                   answer_fn=_answer)
     elif method in ("beam", "dvts"):
-        kernel = baselines.beam_search if method == "beam" else baselines.dvts
+        kernel = beam_search.run if method == "beam" else dvts.run
         post = kernel(program_for(ctx, prm, operands, "none"), budget, min(4, budget), seed=seed,
                       answer_fn=_answer)
     else:
@@ -123,9 +131,9 @@ def sampling_rows(ctx: dict, problem_id: int, operands, budgets, prms, seed: int
         for b in budgets:
             s, a = scores[prm][:b], answers[:b]
             picks = {
-                "bon": a[baselines.pick_best(s)],
-                "wbon": baselines.pick_weighted(a, s)[0],
-                "majority": baselines.pick_majority(a, SeededRng(seed).child("tie", b))[0],
+                "bon": a[selection.pick_best(s)],
+                "wbon": selection.pick_weighted(a, s)[0],
+                "majority": selection.pick_majority(a, SeededRng(seed).child("tie", b))[0],
             }
             share = b / n
             cost = {"lm_calls": None, "requests": None, "unique_requests": None,
@@ -231,7 +239,7 @@ def check_nested_samples(ctx: dict, operands, seed: int) -> None:
     """The first b of 64 samples are what a budget-b best-of-N run with the seed draws."""
     prog = program_for(ctx, "exact", operands, "none")
     big = smc.run(prog, 8, seed=seed, ess_threshold=0.0)
-    small = baselines.best_of_n(prog, 3, seed=seed)
+    small = best_of_n.run(prog, 3, seed=seed)
     assert [p.text for p in small.particles] == [p.text for p in big.particles[:3]], "slot streams differ"
 
 
@@ -250,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prm", default=None, help="arith-prm directory (default: the committed one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from ppllm.zoo.arith_data import heldout_problems
+    from ppllm.tasks.arith.data import heldout_problems
 
     n_problems = args.problems or (4 if args.quick else 300)
     budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else ((1, 4, 8) if args.quick else BUDGETS)

@@ -1,1 +1,1 @@
-"""Generative programs a user would write with ppllm, each documented in its own module."""
+"""Example ppllm programs, installed as the package `ppllm_models` (see models/README.md)."""

@@ -46,7 +46,7 @@ from collections.abc import Callable
 
 import ppllm
 from ppllm.lm import LM
-from ppllm.rewards import PRM, get_converter, prefix_score
+from ppllm.rewards import PRM, get_converter, score_prefix
 
 __all__ = [
     "MathReasoning",
@@ -182,7 +182,7 @@ class MathReasoning(ppllm.Program):
         eos = chunk.tokens[-1] in stops
         final = eos or self.is_final(text) or len(self.steps) >= self.max_steps
 
-        r = await prefix_score(self.prm, self.question, self.steps, self.aggregation, self.delimiter)
+        r = await score_prefix(self.prm, self.question, self.steps, self.aggregation, self.delimiter)
         self.prefix_score = r
         self.step_scores.append(r)
         self.log_potential = float(self.convert(r))

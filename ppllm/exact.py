@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .engine import Engine
 from .program import Program
 from .rng import Rng
 
@@ -133,25 +132,14 @@ class ExactPosterior:
         return math.exp(self.log_Z)
 
 
-def run_to_end(program: Program, rng: Rng, max_steps: int, engine: Engine | None = None) -> float:
-    """Run one copy of a program until it finishes; return its total log-weight."""
-    engine = engine or Engine()
-    total = 0.0
-    for t in range(max_steps):
-        if program.finished:
-            return total
-        total += float(engine.step([program], [rng.child("step", t, "slot", 0)], t)[0])
-    if not program.finished:
-        raise RuntimeError(f"program did not finish within max_steps={max_steps}: it must be bounded")
-    return total
-
-
 def enumerate_program(
     program: Program,
     key: Callable[[Program], Hashable] = trace_key,
     max_steps: int = 64,
 ) -> ExactPosterior:
     """Every trace of `program` → its exact posterior over `key` and log Z."""
+
+    from .kernels.importance import run_to_end
 
     def one(rng: Rng) -> tuple[Hashable, float]:
         p = program.clone()

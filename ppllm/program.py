@@ -32,7 +32,6 @@ __all__ = [
     "ProgramError",
     "WeightError",
     "replay",
-    "score_trace",
 ]
 
 
@@ -259,21 +258,3 @@ def replay(program: Program, trace: list[Choice] | dict[str, Any]) -> Program:
     p = program.clone()
     p._pp.replay = values
     return p
-
-
-def score_trace(program: Program, trace: list[Choice], max_steps: int = 10_000) -> float:
-    """log γ(trace): the unnormalised target density of a recorded trace (Σ log p + factors).
-
-    Runs a fresh copy of `program` to completion, forcing every sample to its value.
-    """
-    from .request import answer_now
-    from .rng import SeededRng
-
-    p = replay(program, trace)
-    total = 0.0
-    for t in range(max_steps):
-        if p.finished:
-            return total
-        # Replayed programs draw nothing; the rng is there only for unrecorded choices.
-        total += answer_now(run_step(p, SeededRng(0).child("replay", t)))
-    raise RuntimeError(f"program did not finish within {max_steps} steps while replaying")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import ppllm
-from ppllm.kernels import baselines as bl
+from ppllm.kernels import beam_search, best_of_n, dvts, majority_vote, weighted_best_of_n
 from ppllm.lm import ToyLM
 
 LM = ToyLM(["a", "b"], {(): [0.5, 0.5]}, eos=None)
@@ -48,14 +48,14 @@ def answer(p) -> str:
 
 
 def test_best_of_n_picks_the_global_best() -> None:
-    post = bl.best_of_n(TwoTokens(), 64, seed=0)
+    post = best_of_n.run(TwoTokens(), 64, seed=0)
     assert {str(p) for p in post.particles} == {"aa", "ab", "ba", "bb"}
     assert post.extras["answer"] == "ba"
     assert str(post.particles[post.extras["selected"]]) == "ba"
 
 
 def test_weighted_best_of_n_sums_scores_per_answer() -> None:
-    post = bl.weighted_best_of_n(TwoTokens(), 64, seed=0, answer_fn=answer)
+    post = weighted_best_of_n.run(TwoTokens(), 64, seed=0, answer_fn=answer)
     totals = post.extras["totals"]
     texts = [str(p) for p in post.particles]
     assert totals["Y"] == pytest.approx(0.95 * texts.count("ba"))
@@ -63,14 +63,14 @@ def test_weighted_best_of_n_sums_scores_per_answer() -> None:
 
 
 def test_majority_vote_and_seeded_ties() -> None:
-    post = bl.majority_vote(TwoTokens(), 64, seed=0, answer_fn=answer)
+    post = majority_vote.run(TwoTokens(), 64, seed=0, answer_fn=answer)
     assert post.extras["answer"] == "X"
     # Budget 2 with answers "first token": ties (one a, one b) are broken by the seed.
     first = lambda p: str(p)[0]  # noqa: E731
     winners = set()
     for seed in range(40):
-        a = bl.majority_vote(TwoTokens(), 2, seed=seed, answer_fn=first)
-        b = bl.majority_vote(TwoTokens(), 2, seed=seed, answer_fn=first)
+        a = majority_vote.run(TwoTokens(), 2, seed=seed, answer_fn=first)
+        b = majority_vote.run(TwoTokens(), 2, seed=seed, answer_fn=first)
         assert a.extras["answer"] == b.extras["answer"]
         if len(a.extras["counts"]) == 2:
             winners.add(a.extras["answer"])
@@ -79,16 +79,16 @@ def test_majority_vote_and_seeded_ties() -> None:
 
 @pytest.mark.parametrize("width,expected", [(1, "ab"), (2, "ab")])
 def test_beam_search_known_answers(width: int, expected: str) -> None:
-    post = bl.beam_search(TwoTokens(), 8, beam_width=width, seed=0)
+    post = beam_search.run(TwoTokens(), 8, beam_width=width, seed=0)
     assert post.extras["answer"] == expected
     assert post.n == 8 and len({str(p) for p in post.particles}) <= width
 
 
 def test_dvts_is_greedy_per_subtree() -> None:
-    post = bl.dvts(TwoTokens(), 4, seed=0)
+    post = dvts.run(TwoTokens(), 4, seed=0)
     assert post.n == 1 and [str(p) for p in post.particles] == ["ab"]
     assert post.extras["answer"] == "ab"
-    wide = bl.dvts(TwoTokens(), 16, seed=0)
+    wide = dvts.run(TwoTokens(), 16, seed=0)
     texts = [str(p) for p in wide.particles]
     assert wide.config["subtrees"] == 4 and len(texts) == 4
     assert wide.extras["scores"].tolist() == [SCORES[t] for t in texts]
@@ -96,17 +96,17 @@ def test_dvts_is_greedy_per_subtree() -> None:
 
 
 def test_budgets_are_reported_and_bounded() -> None:
-    for kernel in (bl.best_of_n, bl.weighted_best_of_n, bl.majority_vote, bl.beam_search, bl.dvts):
+    for kernel in (best_of_n.run, weighted_best_of_n.run, majority_vote.run, beam_search.run, dvts.run):
         post = kernel(TwoTokens(), 8, seed=3)
         b = post.budget
         assert b["generations"] == 8 and b["seconds"] >= 0
         assert b["lm_calls"] >= 1 and 1 <= b["unique_requests"] <= b["requests"] <= 8 * 2
         assert "answer" in post.extras
-    assert np.isnan(bl.dvts(TwoTokens(), 4, seed=0).log_Z)
+    assert np.isnan(dvts.run(TwoTokens(), 4, seed=0).log_Z)
 
 
 def test_bad_budgets() -> None:
     with pytest.raises(ValueError, match="multiple of beam_width"):
-        bl.beam_search(TwoTokens(), 6, beam_width=4, seed=0)
+        beam_search.run(TwoTokens(), 6, beam_width=4, seed=0)
     with pytest.raises(ValueError, match="positive integer"):
-        bl.best_of_n(TwoTokens(), 0, seed=0)
+        best_of_n.run(TwoTokens(), 0, seed=0)

@@ -17,8 +17,10 @@ import pytest
 import xarray as xr
 from smollm2_fixture import require_smollm2
 
-from ppllm.cli import load_recipe, main, prompt_variables, run_prompt
-from ppllm.posterior import load_arviz, to_arviz
+from ppllm.cli import main
+from ppllm.recipes import load_recipe
+from ppllm.results import load_arviz, to_arviz
+from ppllm.runs import prompt_variables, run_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = [
@@ -88,7 +90,7 @@ def test_recipe_runs_end_to_end_and_its_netcdf_matches(recipe: Path, tmp_path, c
 
     # The file loads back with arviz and equals the in-memory result of the same runs.
     recipe_obj = load_recipe(recipe, overrides)
-    from ppllm.cli import build_lm, build_reward
+    from ppllm.recipes import build_lm, build_reward
 
     lm = build_lm(recipe_obj.model)
     runs = run_prompt(recipe_obj, 0, lm, build_reward(recipe_obj.reward, lm))
@@ -188,7 +190,7 @@ BAD = {
     "unknown resampler": ("s/resampler = \"systematic\"/resampler = \"sorted\"/", "kernel.resampler", "unknown resampler 'sorted'"),
     "toy eos not in vocab": ("s/order = 2/eos = \"<end>\"/", "model", "bad toy LM"),
     "float for str": ("s/resampler = \"systematic\"/resampler = 3/", "kernel.resampler", "must be str"),
-    "bad program": ("s/ppllm.toys:ToyText/ppllm.toys:NoSuch/", "program.path", "no attribute"),
+    "bad program": ("s/ppllm_models.toy_text:ToyText/ppllm_models.toy_text:NoSuch/", "program.path", "no attribute"),
     "bad program arg": ("s/banned = \"a\"/baned = \"a\"/", "program.args.baned", "takes no argument"),
     "unknown section": ("append [extra]", "extra", "unknown section"),
     "bad seed": ("s/seed = 0/seed = -1/", "run.seed", "must be >= 0"),
@@ -252,7 +254,7 @@ def test_console_entry_point_shows_no_traceback(tmp_path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
-        "error: kernel.name: unknown kernel 'mcmc-magic' (known: smc, particle_filter, particle_gibbs, "
+        "error: kernel.name: unknown kernel 'mcmc-magic' (known: smc, particle_filter, particle_gibbs, importance, "
         "best_of_n, weighted_best_of_n, majority_vote, beam_search, dvts)"
     )
 
@@ -268,10 +270,10 @@ def test_models_list(capsys) -> None:
     assert rc == 2 and err.startswith("error: models: unknown model 'no-such'")
 
 
-# ---------------------------------------------------------------------- python -m ppllm.validation
+# ---------------------------------------------------------------------- python -m ppllm.testing.validation
 def test_validation_generator_reports_passes_and_caught_twins() -> None:
-    from ppllm.toys import NoRepeat
-    from ppllm.validation import check_smc, render, twin_checks
+    from ppllm.testing.toys import NoRepeat
+    from ppllm.testing.validation import check_smc, render, twin_checks
 
     good = check_smc(NoRepeat(), 2, "systematic")
     assert good.passed and abs(good.z_error) < 1e-12 and good.paths > 1

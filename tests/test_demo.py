@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ppllm.zoo
-from ppllm import demo
+from ppllm.runs import demo
 from ppllm.zoo.char_tokenizer import save_tokenizer
 
 

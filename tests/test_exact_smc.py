@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from toy_programs import PROGRAMS, FewAs, NoRepeat
 
 from ppllm.exact import enumerate_kernel, enumerate_program
 from ppllm.kernels import smc
-from ppllm.population import Population, logmeanexp
-from ppllm.resampling import RESAMPLERS, get_resampler
+from ppllm.population import Population
+from ppllm.resampling import RESAMPLERS
+from ppllm.testing.twins import (
+    NoRepeatWithoutCorrection,
+    resample_unnormalised,
+    resample_without_reset,
+)
 
 TOL = 1e-10
 pytestmark = pytest.mark.filterwarnings("ignore:all .* particles have weight zero")
@@ -62,37 +66,6 @@ def test_longer_program_with_finished_particles_of_different_lengths() -> None:
 
 
 # ---------------------------------------------------------------------- broken twins
-def _resample_without_reset(self, rng, resampler="systematic"):
-    """BROKEN: copies ancestors but keeps their weights instead of resetting them."""
-    W = np.exp(self.log_w - np.max(self.log_w))
-    W /= W.sum()
-    A = get_resampler(resampler)(rng, W, self.n)
-    self.log_Z += logmeanexp(self.log_w)
-    self.programs = [self.programs[a].clone() for a in A]
-    self.log_w = self.log_w[A]  # bug: should be zeros
-    self.ancestors = A
-    return A
-
-
-def _resample_unnormalised(self, rng, resampler="systematic"):
-    """BROKEN: hands the resampler exp(log w) without normalising it."""
-    A = get_resampler(resampler)(rng, np.exp(self.log_w), self.n)  # bug: not normalised
-    self.log_Z += logmeanexp(self.log_w)
-    self.programs = [self.programs[a].clone() for a in A]
-    self.log_w = np.zeros(self.n)
-    self.ancestors = A
-    return A
-
-
-class NoRepeatWithoutCorrection(NoRepeat):
-    """BROKEN: samples from the proposal but weights as if it were the model (log q left out)."""
-
-    async def sample(self, dist, proposal=None, *, address=None):
-        value = await super().sample(dist, proposal, address=address)
-        self.factor(self.trace[-1].log_q)  # cancels the −log q the primitive applied
-        return value
-
-
 def _exact_target_of_correct_program():
     # The broken program must be compared with the *correct* program's target.
     return enumerate_program(NoRepeat(), key=str)
@@ -101,7 +74,7 @@ def _exact_target_of_correct_program():
 @pytest.mark.parametrize("resampler", sorted(RESAMPLERS))
 @pytest.mark.parametrize("program", [NoRepeat, FewAs])
 def test_twin_weights_not_reset_fails(monkeypatch, program, resampler: str) -> None:
-    monkeypatch.setattr(Population, "resample", _resample_without_reset)
+    monkeypatch.setattr(Population, "resample", resample_without_reset)
     with pytest.raises(AssertionError):
         assert_smc_exact(program(), 2, resampler)
 
@@ -112,7 +85,7 @@ def test_twin_weights_not_reset_fails(monkeypatch, program, resampler: str) -> N
 @pytest.mark.parametrize("resampler", ["stratified", "systematic"])
 @pytest.mark.parametrize("program", [NoRepeat, FewAs])
 def test_twin_unnormalised_resampling_fails(monkeypatch, program, resampler: str) -> None:
-    monkeypatch.setattr(Population, "resample", _resample_unnormalised)
+    monkeypatch.setattr(Population, "resample", resample_unnormalised)
     with pytest.raises(AssertionError):
         assert_smc_exact(program(), 2, resampler)
 

@@ -17,7 +17,7 @@ import torch
 
 import ppllm
 from ppllm.lm import HFLM, Context
-from ppllm.lm.hf import _KVStore
+from ppllm.lm.kv_cache import KVStore
 from ppllm.zoo import resolve
 from ppllm.zoo.char_tokenizer import save_tokenizer
 
@@ -172,7 +172,7 @@ def test_after_eviction_answers_stay_right(tiny_dir):
 def test_broken_twin_reusing_the_wrong_prefix_fails_the_check(tiny_dir):
     """A store that hands out another context's KV must be caught by the equality check."""
 
-    class WrongPrefix(_KVStore):
+    class WrongPrefix(KVStore):
         def longest_prefix(self, tokens, limit):
             node = super().longest_prefix(tokens, limit)
             # Any other cached node of the same depth: right length, wrong tokens.
@@ -271,7 +271,7 @@ def smol():
             smollm2.fetch(progress=False)
         except smollm2.DownloadError as err:
             pytest.skip(f"SmolLM2 cannot be fetched here: {err}")
-    return HFLM.load("smollm2")
+    return ppllm.zoo.load_lm("smollm2")
 
 
 @pytest.mark.smollm2

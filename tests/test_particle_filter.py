@@ -37,8 +37,10 @@ from scored_toys import AB_LM, ABE_LM, Scored, score_of, tokens_of
 import ppllm.program as program_mod
 from ppllm.exact import enumerate_kernel, enumerate_paths, enumerate_program
 from ppllm.kernels import particle_filter as pf
+from ppllm.kernels.selection import recorded_score, score_logits
 from ppllm.population import Population, logmeanexp
 from ppllm.resampling import get_resampler
+from ppllm.rewards import EPS
 
 TOL = 1e-10
 LMS = {"fixed": AB_LM, "varying": ABE_LM}
@@ -105,7 +107,7 @@ def test_twin_twist_not_undone_fails(monkeypatch, lm: str, n: int) -> None:
 
 # ---------------------------------------------------------------------- puri
 def log_G(tokens: tuple[int, ...], t: int, tau: float) -> float:
-    s = min(max(score_of(tokens[: min(t, len(tokens))]), pf.EPS), 1 - pf.EPS)
+    s = min(max(score_of(tokens[: min(t, len(tokens))]), EPS), 1 - EPS)
     return (math.log(s) - math.log1p(-s)) / tau
 
 
@@ -168,7 +170,7 @@ def _resample_carrying_weights(self, rng, resampler="multinomial"):
     """BROKEN: copies ancestors and keeps their weights instead of resetting them."""
     W = np.exp(self.log_w - np.max(self.log_w))
     A = get_resampler(resampler)(rng, W / W.sum(), self.n)
-    self.log_Z += logmeanexp(self.log_w)
+    self.log_Z_resampled += logmeanexp(self.log_w)
     self.programs = [self.programs[a].clone() for a in A]
     self.log_w = self.log_w[A]  # bug: puri resets the weights
     self.ancestors = A
@@ -202,4 +204,4 @@ def test_same_seed_same_result_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="tau"):
         pf.run(Scored(), 2, seed=0, weighting="puri", tau=0.0)
     with pytest.raises(AttributeError, match="prefix_score"):
-        pf.score_logits([object()], pf.prefix_score)  # type: ignore[list-item]
+        score_logits([object()], recorded_score)  # type: ignore[list-item]

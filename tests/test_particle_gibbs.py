@@ -21,18 +21,18 @@ from scored_toys import AB_LM, ABE_LM, Scored, tokens_of
 from ppllm.engine import Engine
 from ppllm.exact import enumerate_paths, enumerate_program
 from ppllm.kernels import particle_gibbs as pg
-from ppllm.population import Population
-from ppllm.resampling import multinomial
+from ppllm.population import Trajectory
 from ppllm.rng import as_rng
+from ppllm.testing.twins import csmc_step_unpinned
 
 TOL = 1e-10
 LMS = {"fixed": AB_LM, "varying": ABE_LM}
 
 
 def references(prog) -> dict:
-    """Every complete trajectory as a Reference, with its probability under π."""
+    """Every complete trajectory as a reference, with its probability under π."""
     refs, mass = {}, {}
-    for q, ref in enumerate_paths(lambda rng: pg.Reference.record(prog, rng)):
+    for q, ref in enumerate_paths(lambda rng: pg.record_trajectory(prog, rng)):
         x = tokens_of(ref.final)
         refs[x] = ref
         mass[x] = mass.get(x, 0.0) + q * math.exp(sum(ref.log_incs))
@@ -57,7 +57,7 @@ def assert_invariant(lm, n: int, weigh_reference: bool = True) -> None:
     pushed: dict = {}
     for ref, px in pi.values():
         if not weigh_reference:
-            ref = pg.Reference(ref.states, tuple(0.0 for _ in ref.log_incs))
+            ref = Trajectory(ref.states, tuple(0.0 for _ in ref.log_incs))
         for y, k in kernel_row(prog, ref, n).items():
             pushed[y] = pushed.get(y, 0.0) + px * k
     gap = max(abs(pushed.get(y, 0.0) - exact.get(y, 0.0)) for y in set(pushed) | set(exact))
@@ -69,19 +69,9 @@ def test_conditional_sweep_leaves_target_invariant(lm: str, n: int) -> None:
     assert_invariant(LMS[lm], n)
 
 
-def _resample_unpinned(self, rng, resampler="multinomial"):
-    """BROKEN: all N ancestors drawn ∝ W, so the reference can be resampled away (and is
-    then simply lost: slot 0 goes on as an ordinary particle)."""
-    A = Population.resample(self, rng, multinomial)
-    self.paths = [self.paths[a] for a in A]
-    if A[0] != 0:
-        self.reference = None
-    return A
-
-
 @pytest.mark.parametrize("lm", ["fixed", "varying"])
 def test_twin_reference_not_pinned_fails(monkeypatch, lm: str) -> None:
-    monkeypatch.setattr(pg.ConditionalPopulation, "resample", _resample_unpinned)
+    monkeypatch.setattr(pg, "csmc_step", csmc_step_unpinned)
     with pytest.raises(AssertionError, match="πK differs"):
         assert_invariant(LMS[lm], 2)
 
@@ -97,7 +87,7 @@ def test_reference_survives_and_forks_continue_from_its_prefix() -> None:
     prog = Scored(ABE_LM, max_len=3, mode="ratio")
     for seed in range(50):  # a reference that runs all three steps
         first, _ = pg.sweep(prog, 4, as_rng(seed), Engine())
-        ref = first.reference_of(0, prog)
+        ref = first.trajectory(0)
         if len(ref.states) == 4:
             break
     assert tokens_of(ref.final) == tokens_of(first.programs[0])
@@ -131,7 +121,7 @@ def test_run_budget_and_selection() -> None:
     fixed = Scored(AB_LM, mode="ratio")
     free, cond = Engine(), Engine()
     pop, _ = pg.sweep(fixed, 3, as_rng(0), free)
-    pg.sweep(fixed, 3, as_rng(1), cond, pop.reference_of(1, fixed))
+    pg.sweep(fixed, 3, as_rng(1), cond, pop.trajectory(1))
     assert (free.stats.requests, cond.stats.requests) == (6, 4)
     puri = pg.run(Scored(ABE_LM, max_len=3), 4, 2, seed=2, weighting="puri", select="sample")
     assert puri.extras["answer"] == puri.extras["references"][-1]

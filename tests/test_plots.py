@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import ppllm
-from ppllm import plots
-from ppllm.posterior import Posterior
-from ppllm.toys import NoRepeat
+from ppllm.results import Posterior, plots
+from ppllm.testing.toys import NoRepeat
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

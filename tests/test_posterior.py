@@ -8,20 +8,22 @@ import math
 import numpy as np
 import pytest
 import xarray as xr
+from ppllm_models.toy_text import ToyText
 
 import ppllm
 from ppllm.population import DegenerateWeights
-from ppllm.posterior import (
+from ppllm.results import (
     Chains,
     ParticleRecord,
     Posterior,
-    StepRecord,
+    StepInfo,
+    Steps,
     load_arviz,
     posteriors_from_arviz,
     to_arviz,
     variable_array,
 )
-from ppllm.toys import NoRepeat, ToyText
+from ppllm.testing.toys import TOKEN_LM, NoRepeat
 
 
 def hand_built(values, weights, **kw) -> Posterior:
@@ -95,15 +97,16 @@ def test_summary_is_readable() -> None:
 
 
 # ---------------------------------------------------------------------- genealogy
-def steps_of(*ancestor_rows) -> list[StepRecord]:
-    return [
-        StepRecord(t, 1.0, not np.array_equal(a, np.arange(len(a))), np.array(a), 0.0, len(a))
+def steps_of(*ancestor_rows) -> dict:
+    steps = [
+        StepInfo(t, 1.0, not np.array_equal(a, np.arange(len(a))), np.array(a), 0.0, len(a))
         for t, a in enumerate(ancestor_rows)
     ]
+    return {"diagnostics": Steps(steps), "ancestry": [s.ancestors for s in steps]}
 
 
 def test_genealogy_traces_each_final_particle_back() -> None:
-    post = hand_built("abcd", np.ones(4), steps=steps_of([0, 1, 2, 3], [0, 0, 2, 2], [1, 1, 3, 3]))
+    post = hand_built("abcd", np.ones(4), **steps_of([0, 1, 2, 3], [0, 0, 2, 2], [1, 1, 3, 3]))
     G = post.genealogy()
     assert G.tolist() == [[0, 0, 2, 2], [0, 0, 2, 2], [1, 1, 3, 3], [0, 1, 2, 3]]
     assert post.n_lineages().tolist() == [2, 2, 2, 4]
@@ -112,7 +115,7 @@ def test_genealogy_traces_each_final_particle_back() -> None:
 def test_genealogy_composes_backwards_not_forwards() -> None:
     # Broken twin: composing the ancestor maps forwards gives a different (wrong) lineage here.
     A1, A2 = np.array([1, 2, 2, 0]), np.array([3, 3, 0, 1])
-    post = hand_built("abcd", np.ones(4), steps=steps_of(A1, A2))
+    post = hand_built("abcd", np.ones(4), **steps_of(A1, A2))
     right = post.genealogy()[0]
     assert right.tolist() == A1[A2].tolist() == [0, 0, 1, 2]
     assert A2[A1].tolist() != right.tolist()
@@ -130,7 +133,7 @@ def test_genealogy_of_a_real_run_matches_its_resampling_record() -> None:
 
 # ---------------------------------------------------------------------- to_arviz
 def three_runs():
-    return [ppllm.smc(ToyText(prompt="b", max_tokens=4), n, seed=s) for s, n in [(0, 6), (1, 6), (2, 4)]]
+    return [ppllm.smc(ToyText(TOKEN_LM, prompt="b", max_tokens=4), n, seed=s) for s, n in [(0, 6), (1, 6), (2, 4)]]
 
 
 VARS = {"answer": lambda p: p.answer, "length": lambda p: len(p.answer), "banned": lambda p: p.n_banned}

@@ -10,7 +10,8 @@ from toy_programs import TOKEN_LM, FewAs, LatentTopic, NoRepeat
 
 import ppllm
 from ppllm.distributions import Categorical, Distribution, Draw
-from ppllm.exact import enumerate_program, run_to_end
+from ppllm.exact import enumerate_program
+from ppllm.kernels.importance import run_to_end
 from ppllm.program import run_step
 from ppllm.request import answer_now
 from ppllm.rng import SeededRng
@@ -161,7 +162,7 @@ def test_awaiting_something_else_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("n", [0, -3, 2.5])
 def test_bad_particle_count_is_a_clear_error(n) -> None:
-    with pytest.raises(ValueError, match="number of particles must be a positive integer"):
+    with pytest.raises(ValueError, match="n_particles must be a positive integer"):
         ppllm.smc(NoRepeat(), n, seed=0)
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ppllm_models.math_reasoning import (
+    MathReasoning,
+    arith_answer,
+    arith_prompt,
+    boxed_answer,
+)
 
 import ppllm
 from ppllm.engine import Engine
@@ -19,27 +24,18 @@ from ppllm.rewards import (
     EPS,
     PRM,
     CallablePRM,
-    ExactArithVerifier,
     RewardError,
     StepwisePRM,
     aggregate,
     bernoulli,
     get_converter,
     odds,
-    prefix_score_now,
-    roc_auc,
+    score_prefix_now,
     tempered,
 )
 from ppllm.rng import SeededRng
-from ppllm.zoo import arith_data
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the user-side `models/` package
-from models.math_reasoning import (  # noqa: E402
-    MathReasoning,
-    arith_answer,
-    arith_prompt,
-    boxed_answer,
-)
+from ppllm.tasks.arith import ExactArithVerifier, roc_auc
+from ppllm.tasks.arith import data as arith_data
 
 Q = "Q: 37+48+19=\n"
 
@@ -67,9 +63,9 @@ def test_model_aggregation_asks_for_one_joined_step():
         return [0.25 + 0.1 * len([x for x in s.splitlines() if x]) for s in steps]
 
     prm = CallablePRM(fn)
-    assert prefix_score_now(prm, "Q", ["a", "b", "c"], "model", sep="\n\n") == pytest.approx(0.55)
+    assert score_prefix_now(prm, "Q", ["a", "b", "c"], "model", sep="\n\n") == pytest.approx(0.55)
     assert seen[-1] == ("a\n\nb\n\nc",)
-    assert prefix_score_now(prm, "Q", ["a", "b"], "last") == pytest.approx(0.35)
+    assert score_prefix_now(prm, "Q", ["a", "b"], "last") == pytest.approx(0.35)
     assert seen[-1] == ("a", "b")
 
 
@@ -332,8 +328,8 @@ def test_roc_auc_known_values():
 
 @pytest.mark.slow
 def test_learned_prm_scores_and_heldout_auc():
-    from ppllm.rewards import LearnedArithPRM
-    from ppllm.rewards.train_arith_prm import evaluate_auc, load_heldout
+    from ppllm.tasks.arith import LearnedArithPRM
+    from ppllm.tasks.arith.train_prm import evaluate_auc, load_heldout
 
     prm = LearnedArithPRM.load(ARITH_PRM)
     s = prm.score_now(Q, ["37+48=85", "85+19=104", "A: 104"])
@@ -358,9 +354,9 @@ def test_lm_judge_gives_probabilities_batched_like_alone():
     from smollm2_fixture import require_smollm2
 
     require_smollm2()
-    from ppllm.rewards import LMJudgePRM
+    from ppllm.zoo import load_judge
 
-    judge = LMJudgePRM.load("smollm2", batch_size=4)
+    judge = load_judge("smollm2", batch_size=4)
     items = [
         ("What is 2+3?", ["2+3=5", "The answer is \\boxed{5}."]),
         ("What is 2+3?", ["2+3=7"]),

@@ -10,8 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ppllm.zoo import MODELS, list_models, resolve
-from ppllm.zoo.arith_data import (
+from ppllm.tasks.arith.data import (
     HELDOUT_FRACTION_DENOM,
     check_step,
     format_solution,
@@ -23,6 +22,7 @@ from ppllm.zoo.arith_data import (
     problem_from_operands,
     training_problems,
 )
+from ppllm.zoo import MODELS, list_models, resolve
 from ppllm.zoo.char_tokenizer import CHARS, EOS_TOKEN, build_tokenizer
 
 QUESTION_RE = re.compile(r"^Q: \d{2}(\+\d{2})+=\n$")
@@ -169,7 +169,7 @@ def test_committed_model_has_learned_the_task(model, tokenizer):
 
 
 def test_sampling_is_seeded(model, tokenizer):
-    from ppllm.zoo.tiny_arith import sample_solutions
+    from ppllm.tasks.arith.train_lm import sample_solutions
 
     problems = heldout_problems(6, seed=5)
     a = sample_solutions(model, tokenizer, problems, seed=1, max_new_tokens=60)
@@ -181,7 +181,7 @@ def test_sampling_is_seeded(model, tokenizer):
 def test_training_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 
-    from ppllm.zoo.tiny_arith import train
+    from ppllm.tasks.arith.train_lm import train
 
     small = {"steps": 3, "batch_size": 4, "n_embd": 16, "n_layer": 1, "n_head": 2, "warmup": 1}
     for name in ("a", "b"):

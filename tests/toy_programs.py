@@ -1,6 +1,6 @@
-"""Small programs on the toy LM, used by the exact and statistical tests (see ppllm.toys)."""
+"""Small programs on the toy LM, used by the exact and statistical tests (see ppllm.testing.toys)."""
 
-from ppllm.toys import (  # noqa: F401
+from ppllm.testing.toys import (  # noqa: F401
     CHUNK_LM,
     PARITY,
     PROGRAMS,
@@ -9,5 +9,4 @@ from ppllm.toys import (  # noqa: F401
     FewAs,
     LatentTopic,
     NoRepeat,
-    ToyText,
 )

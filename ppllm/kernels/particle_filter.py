@@ -31,100 +31,88 @@ weight in ratio mode. Budget unit: one particle = one full generation.
 
 from __future__ import annotations
 
-import math
-import time
-import warnings
-from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
 from ..engine import Engine
-from ..population import Population, logmeanexp, normalise
-from ..posterior import Posterior, StepRecord, particle_text
+from ..population import logmeanexp
 from ..program import Program
-from ..resampling import Resampler, get_resampler
+from ..resampling import Resampler
+from ..results.diagnostics import StepInfo
+from ..results.posterior import Posterior, particle_text
 from ..rng import Rng, as_rng
 from . import smc
+from .driver import Output, check_resampler, run_kernel
+from .selection import (
+    AnswerFn,
+    ScoreFn,
+    check_prm_options,
+    recorded_score,
+    score_logits,
+    scores_of,
+    select_index,
+)
 
-__all__ = [
-    "run",
-    "puri_step",
-    "prefix_score",
-    "score_logits",
-    "select_index",
-    "budget_of",
-    "EPS",
-]
+__all__ = ["init", "step", "run", "puri_step", "puri_resample", "WEIGHTINGS"]
 
-EPS = 1e-7  # its_hub's clip of PRM scores before the logit
-ScoreFn = Callable[[Program], float]
+WEIGHTINGS = ("ratio", "puri")
 
-
-def prefix_score(program: Program) -> float:
-    """The score r̂ of the program's current prefix, as the program recorded it."""
-    s = getattr(program, "prefix_score", None)
-    if s is None:
-        raise AttributeError(
-            f"{type(program).__name__} has no `prefix_score`; pass score_fn= to read its score"
-        )
-    return float(s)
-
-
-def score_logits(programs: list[Program], score_fn: ScoreFn, tau: float = 1.0) -> np.ndarray:
-    """logit(clip(s_i, ε, 1−ε)) / τ for each particle: its_hub's resampling logits."""
-    s = np.array([score_fn(p) for p in programs], dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(s))
-    if len(bad):
-        raise ValueError(f"score_fn gave {s[bad[0]]} for particle {bad[0]}; scores must be in [0, 1]")
-    s = np.clip(s, EPS, 1.0 - EPS)
-    return (np.log(s) - np.log1p(-s)) / tau
-
-
-def select_index(values: np.ndarray, how: str, rng: Rng, log_w: np.ndarray | None = None) -> int:
-    """"argmax": the first index of the largest value; "sample": one index ∝ exp(log_w)."""
-    if how == "argmax":
-        v = np.asarray(values, dtype=np.float64)
-        if log_w is not None:
-            v = np.where(log_w > -math.inf, v, -math.inf)  # never pick a ruled-out particle
-        return int(np.argmax(v))
-    if how == "sample":
-        return int(rng.categorical(normalise(np.asarray(log_w, dtype=np.float64))))
-    raise ValueError(f"select must be 'argmax' or 'sample', got {how!r}")
-
-
-def budget_of(engine: Engine, start: float, **units: float) -> dict[str, float]:
-    """Engine stats (rounds, LM calls, requests, tokens) plus seconds and the budget units."""
-    return {**engine.stats.as_dict(), "seconds": time.perf_counter() - start, **units}
+init = smc.init
 
 
 def puri_step(
     rng: Rng,
     state: smc.SMCState,
     engine: Engine,
-    score_fn: ScoreFn = prefix_score,
+    score_fn: ScoreFn = recorded_score,
     tau: float = 1.0,
     resampler: str | Resampler = "multinomial",
-) -> tuple[smc.SMCState, smc.SMCInfo]:
+) -> tuple[smc.SMCState, StepInfo]:
     """One round of the published procedure: extend, weight every particle by G_t, resample.
 
     Weights were reset by the previous resampling, so log_w is this round's log G_t (plus
     the program's own increment); finished particles get their final score's G again.
     """
+    n_live = state.n_running
+    before = state.population.log_Z
+    state.population.extend(engine, rng, state.t)
+    return state, puri_resample(rng, state, n_live, before, score_fn, tau, resampler)
+
+
+def puri_resample(
+    rng: Rng, state: smc.SMCState, n_live: int, before: float,
+    score_fn: ScoreFn, tau: float, resampler: str | Resampler,
+) -> StepInfo:
+    """The tail of a puri round after extending: weight by G_t, resample, reset weights."""
     pop, t = state.population, state.t
-    n_live = int(np.sum(~pop.finished))
-    before = pop.log_evidence
-    pop.extend(engine, rng, t)
     pop.reweight(score_logits(pop.programs, score_fn, tau))
-    after = pop.log_evidence
+    after = pop.log_Z
     ess = pop.ess
     A = np.arange(pop.n)
-    if after == -math.inf:
+    if after == -np.inf:
         state.failed = f"all {pop.n} particles have weight zero after step {t}"
     else:
         A = pop.resample(rng.child("resample", t), resampler)
     state.t = t + 1
-    return state, smc.SMCInfo(t, ess, after > -math.inf, A, after - before, n_live)
+    state.log_Z = after
+    return StepInfo(t, ess, after > -np.inf, A, after - before, n_live)
+
+
+def step(
+    rng: Rng,
+    state: smc.SMCState,
+    engine: Engine,
+    weighting: str = "ratio",
+    tau: float = 1.0,
+    score_fn: ScoreFn = recorded_score,
+    resampler: str | Resampler | None = None,
+    ess_threshold: float = 1.0,
+) -> tuple[smc.SMCState, StepInfo]:
+    """One step: an SMC step (ratio) or a round of the published procedure (puri)."""
+    if weighting == "ratio":
+        return smc.step(rng, state, engine, resampler or "systematic", ess_threshold)
+    return puri_step(rng, state, engine, score_fn, tau, resampler or "multinomial")
 
 
 def run(
@@ -135,13 +123,14 @@ def run(
     rng: Rng | None = None,
     weighting: str = "ratio",
     tau: float = 1.0,
-    score_fn: ScoreFn = prefix_score,
+    score_fn: ScoreFn = recorded_score,
     resampler: str | Resampler | None = None,
     ess_threshold: float = 1.0,
     select: str = "argmax",
-    answer_fn: Callable[[Program], Hashable] = particle_text,
+    answer_fn: AnswerFn = particle_text,
     max_steps: int = 10_000,
     engine: Engine | None = None,
+    progress: bool = False,
 ) -> Posterior:
     """Particle filtering; see the module docstring for the two weightings and their targets.
 
@@ -149,92 +138,63 @@ def run(
     `ess_threshold` applies to ratio mode only (1 = resample every step, as published).
     """
     rng = as_rng(rng if rng is not None else seed)
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    if select not in ("argmax", "sample"):
-        raise ValueError(f"select must be 'argmax' or 'sample', got {select!r}")
+    check_prm_options(weighting, tau, select)
+    if not 0 <= ess_threshold:
+        raise ValueError(f"ess_threshold must be >= 0, got {ess_threshold}")
+    scheme = resampler or ("systematic" if weighting == "ratio" else "multinomial")
+    check_resampler(scheme)
     engine = engine or Engine()
-    start = time.perf_counter()
-    config: dict[str, Any] = {"n_particles": n_particles, "weighting": weighting, "tau": tau, "select": select}
+    config: dict[str, Any] = {"n_particles": n_particles, "weighting": weighting, "tau": tau,
+                              "select": select, "resampler": scheme if isinstance(scheme, str) else str(scheme)}
     if weighting == "ratio":
-        post = smc.run(
-            program, n_particles, rng=rng, resampler=resampler or "systematic",
-            ess_threshold=ess_threshold, max_steps=max_steps, engine=engine,
-        )
-        post.kernel = "particle_filter"
-        post.config.update(config)
-        if post.ok:
-            scores = _final_scores(post.particles, score_fn, select)
-            i = select_index(scores, select, rng.child("select"), post.log_weights)
-            post.extras.update(selected=i, answer=answer_fn(post.particles[i]), final_scores=scores)
-        post.budget = budget_of(engine, start, generations=n_particles)
-        return post
-    if weighting != "puri":
-        raise ValueError(f"weighting must be 'ratio' or 'puri', got {weighting!r}")
-    resampler = resampler or "multinomial"
-    get_resampler(resampler)
-    state = smc.init(program, n_particles)
-    records = _loop(state, max_steps, lambda s: puri_step(rng, s, engine, score_fn, tau, resampler))
-    pop = state.population
-    if state.failed:
-        warnings.warn(state.failed, RuntimeWarning, stacklevel=2)
-    return _puri_posterior(pop, records, state.failed, score_fn, tau, select, rng, answer_fn,
-                           budget_of(engine, start, generations=n_particles), config)
+        config["ess_threshold"] = ess_threshold
 
+    def finish(state: smc.SMCState, infos: list) -> Output:
+        pop = state.population
+        out = Output(pop.programs, pop.log_w, pop.log_Z)
+        if state.failed:
+            return out
+        select_rng = rng.child("select")
+        if weighting == "ratio":
+            scores = _final_scores(pop.programs, score_fn, select)
+            i = select_index(scores, select, select_rng, pop.log_w)
+            out.extras = {"selected": i, "answer": answer_fn(pop.programs[i]), "final_scores": scores}
+            return out
+        logits = score_logits(pop.programs, score_fn, tau)
+        scores = scores_of(pop.programs, score_fn)
+        i = select_index(scores, select, select_rng, logits)
+        out.extras = {
+            "selected": i,
+            "answer": answer_fn(pop.programs[i]),
+            "final_scores": scores,
+            "final_logits": logits,
+            "rounds": len(infos),
+            # log Ẑ times mean G_final: the evidence that goes with select="sample".
+            "log_Z_select": pop.log_Z + logmeanexp(logits),
+        }
+        return out
 
-def _loop(state: smc.SMCState, max_steps: int, step: Callable) -> list[StepRecord]:
-    """Step until every particle has finished (or the weights died); per-step records."""
-    records: list[StepRecord] = []
-    while not state.population.all_finished and state.failed is None:
-        if state.t >= max_steps:
-            raise RuntimeError(
-                f"{int(np.sum(~state.population.finished))} particles still running after "
-                f"max_steps={max_steps}; raise max_steps or make the program finish"
-            )
-        state, info = step(state)
-        records.append(StepRecord.from_info(info))
-    return records
+    return run_kernel(
+        "particle_filter",
+        init(program, n_particles),
+        lambda s: step(rng, s, engine, weighting, tau, score_fn, scheme, ess_threshold),
+        finish,
+        engine=engine,
+        max_steps=max_steps,
+        config=config,
+        progress=progress,
+        units={"generations": n_particles},
+    )
 
 
 def _final_scores(programs: list[Program], score_fn: ScoreFn, select: str) -> np.ndarray:
-    if select != "argmax":
-        return np.array([_try_score(score_fn, p) for p in programs])
-    return np.array([score_fn(p) for p in programs], dtype=np.float64)
+    if select == "argmax":
+        return scores_of(programs, score_fn)
+    return np.array([_try_score(score_fn, p) for p in programs])
 
 
 def _try_score(score_fn: ScoreFn, p: Program) -> float:
     try:
         return float(score_fn(p))
     except AttributeError:
-        return math.nan  # no score needed when selecting by weight
-
-
-def _puri_posterior(
-    pop: Population, records, failed, score_fn, tau, select, rng, answer_fn, budget, config
-) -> Posterior:
-    """The final (resampled, equally weighted) population, the selected particle in extras."""
-    extras: dict[str, Any] = {}
-    if not failed:
-        logits = score_logits(pop.programs, score_fn, tau)
-        scores = np.array([score_fn(p) for p in pop.programs], dtype=np.float64)
-        i = select_index(scores, select, rng.child("select"), logits)
-        extras = {
-            "selected": i,
-            "answer": answer_fn(pop.programs[i]),
-            "final_scores": scores,
-            "final_logits": logits,
-            "rounds": len(records),
-            # log Ẑ times mean G_final: the evidence that goes with select="sample".
-            "log_Z_select": pop.log_evidence + logmeanexp(logits),
-        }
-    return Posterior(
-        particles=pop.programs,
-        log_weights=pop.log_w.copy(),
-        log_Z=pop.log_evidence,
-        steps=records,
-        budget=budget,
-        kernel="particle_filter",
-        config=config,
-        message=failed,
-        extras=extras,
-    )
+        return float("nan")  # no score needed when selecting by weight

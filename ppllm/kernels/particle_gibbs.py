@@ -15,8 +15,14 @@ reference is drawn ∝ the final weights. Finished particles keep their weight (
 resampling stops once all have finished (a permutation-symmetric adaptive decision, which
 keeps CSMC valid). The first sweep has no reference: it is plain SMC.
 
-The override is `ConditionalPopulation` (extend + resample of slot 0); the sweep itself is
-`kernels.smc.step`, or `particle_filter.puri_step` for weighting="puri".
+A sweep is composed from population operations: `extend` skips slot 0, `assign` puts the
+reference's step-t state there, and the resampling strategy is `pinned_multinomial`; the
+weighting tail is `smc.resample_if` (ratio) or `particle_filter.puri_resample` (puri). The
+chain over sweeps runs on the shared driver: `step` is one sweep, the State holds the
+reference, and the result is the last sweep's weighted particles with the chain of
+references (`extras["chains"]`, a `Chains`). `init(..., reference=traj)` starts from a given
+trajectory (a `Trajectory`, e.g. `population.trajectory(i)` of an earlier run) instead of an
+unconditional first sweep.
 
 weighting="puri" (Puri et al.'s PG, reproduced): resampling ∝ softmax(logit(s)/τ) of prefix
 scores at every step, weights reset, the reference scored on its own prefix, the next
@@ -30,57 +36,34 @@ in later sweeps, as in its_hub).
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from ..engine import Engine
-from ..population import Population, normalise
-from ..posterior import Posterior, particle_text
+from ..population import Population, Trajectory, normalise
 from ..program import Program
-from ..resampling import multinomial
+from ..resampling import Resampler, multinomial
+from ..results.chains import Chains
+from ..results.diagnostics import StepInfo, Steps
+from ..results.posterior import Posterior, particle_text
 from ..rng import Rng, as_rng
 from . import smc
-from .particle_filter import _loop, budget_of, prefix_score, puri_step, score_logits, select_index
+from .driver import Output, check_count, loop, run_kernel
+from .particle_filter import puri_resample
+from .selection import (
+    AnswerFn,
+    ScoreFn,
+    check_prm_options,
+    recorded_score,
+    score_logits,
+    scores_of,
+    select_index,
+)
 
-__all__ = ["Reference", "ConditionalPopulation", "sweep", "run", "pinned_multinomial"]
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A trajectory to condition on: states[t] is the particle after t steps."""
-
-    states: tuple[Program, ...]
-    log_incs: tuple[float, ...]  # the log-weight increment of each step
-
-    @property
-    def final(self) -> Program:
-        return self.states[-1]
-
-    @classmethod
-    def record(cls, program: Program, rng: Rng, engine: Engine | None = None, max_steps: int = 10_000) -> Reference:
-        """Run one copy of `program` to the end, keeping every step's snapshot."""
-        engine = engine or Engine()
-        p = program.clone()
-        states, incs = [program], []
-        for t in range(max_steps):
-            if p.finished:
-                return cls(tuple(states), tuple(incs))
-            incs.append(float(engine.step([p], [rng.child("step", t, "slot", 0)], t)[0]))
-            states.append(p.clone())
-        raise RuntimeError(f"program did not finish within max_steps={max_steps}")
-
-
-@dataclass(frozen=True)
-class _Node:
-    """Persistent path history: one step's snapshot and increment, and the path before it."""
-
-    state: Program
-    log_inc: float
-    parent: _Node | None
+__all__ = [
+    "PGState", "SweepInfo", "csmc_step", "init", "pinned_multinomial", "record_trajectory", "run", "step", "sweep",
+]
 
 
 def pinned_multinomial(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
@@ -89,86 +72,122 @@ def pinned_multinomial(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
 
 
 @dataclass
-class ConditionalPopulation(Population):
-    """A population whose slot 0 follows `reference` (None: an ordinary population).
+class CSMCState(smc.SMCState):
+    """One sweep in progress: an SMC state whose slot 0 follows `reference` (if any)."""
 
-    Also keeps each particle's path of snapshots, so any final particle can become the
-    next reference.
-    """
+    reference: Trajectory | None = None
 
-    reference: Reference | None = None
-    paths: list[_Node | None] = field(default_factory=list)
 
-    def extend(self, engine: Engine, rng: Rng, t: int) -> np.ndarray:
-        if not self.paths:
-            self.paths = [None] * self.n
-        was_live = ~self.finished
-        ref = self.reference
-        first = 0 if ref is None else 1
-        live = [i for i in range(first, self.n) if was_live[i]]
-        inc = np.zeros(self.n, dtype=np.float64)
-        if live:
-            got = engine.step(
-                [self.programs[i] for i in live], [rng.child("step", t, "slot", i) for i in live], t
-            )
-            inc[live] = got
-        if ref is not None and was_live[0]:
-            self.programs[0] = ref.states[t + 1].clone()  # the reference's step-t state
-            inc[0] = ref.log_incs[t]
-        self.log_w = self.log_w + inc
-        for i in np.flatnonzero(was_live):
-            state = ref.states[t + 1] if (ref is not None and i == 0) else self.programs[i].clone()
-            self.paths[i] = _Node(state, float(inc[i]), self.paths[i])
-        return inc
-
-    def resample(self, rng: Rng, resampler: Any = "multinomial") -> np.ndarray:
-        scheme = multinomial if self.reference is None else pinned_multinomial
-        A = super().resample(rng, scheme)
-        self.paths = [self.paths[a] for a in A] if self.paths else self.paths
-        return A
-
-    def reference_of(self, i: int, program: Program) -> Reference:
-        """Particle i's whole trajectory as a Reference (`program`: its initial state)."""
-        states, incs = [], []
-        node = self.paths[i] if self.paths else None
-        while node is not None:
-            states.append(node.state)
-            incs.append(node.log_inc)
-            node = node.parent
-        return Reference((program, *states[::-1]), tuple(incs[::-1]))
+def csmc_step(
+    rng: Rng, state: CSMCState, engine: Engine, weighting: str = "ratio",
+    tau: float = 1.0, score_fn: ScoreFn = recorded_score, scheme: Resampler | None = None,
+) -> tuple[CSMCState, StepInfo]:
+    """One step of (conditional) SMC, resampling every step: multinomial without a
+    reference, `pinned_multinomial` with one (or `scheme`, if given)."""
+    pop, t, ref = state.population, state.t, state.reference
+    n_live = state.n_running
+    before = state.log_Z if weighting == "ratio" else pop.log_Z
+    ref_live = ref is not None and not pop.programs[0].finished
+    pop.extend(engine, rng, t, skip=(0,) if ref is not None else ())
+    if ref_live:
+        pop.assign(0, ref.states[t + 1], ref.log_incs[t])  # the reference's step-t state, no LM call
+    if scheme is None:
+        scheme = multinomial if ref is None else pinned_multinomial
+    if weighting == "ratio":
+        return state, smc.resample_if(rng, state, n_live, before, scheme, 1.0)
+    return state, puri_resample(rng, state, n_live, before, score_fn, tau, scheme)
 
 
 def sweep(
-    program: Program,
-    n_particles: int,
-    rng: Rng,
-    engine: Engine,
-    reference: Reference | None = None,
-    weighting: str = "ratio",
-    tau: float = 1.0,
-    score_fn: Callable[[Program], float] = prefix_score,
-    max_steps: int = 10_000,
-) -> tuple[ConditionalPopulation, list]:
-    """One (conditional) SMC sweep, resampling every step; returns the final population."""
-    pop = ConditionalPopulation.spawn(program, n_particles)
-    pop.reference = reference
-    state = smc.SMCState(pop)
-    if weighting == "ratio":
-        records = _loop(state, max_steps, lambda s: smc.step(rng, s, engine, "multinomial", 1.0))
-    elif weighting == "puri":
-        records = _loop(state, max_steps, lambda s: puri_step(rng, s, engine, score_fn, tau, "multinomial"))
-    else:
-        raise ValueError(f"weighting must be 'ratio' or 'puri', got {weighting!r}")
-    if state.failed:
-        raise RuntimeError(state.failed)
-    return pop, records
+    program: Program, n_particles: int, rng: Rng, engine: Engine, reference: Trajectory | None = None,
+    weighting: str = "ratio", tau: float = 1.0, score_fn: ScoreFn = recorded_score, max_steps: int = 10_000,
+) -> tuple[Population, list[StepInfo]]:
+    """One (conditional) SMC sweep of N particles; the final population (with paths) and records."""
+    state, records = _sweep(program, n_particles, rng, engine, reference, weighting, tau, score_fn, max_steps)
+    return state.population, records
 
 
-def next_reference_weights(pop: Population, weighting: str, score_fn, tau: float) -> np.ndarray:
+def _sweep(program: Program, n_particles: int, rng: Rng, engine: Engine, reference: Trajectory | None,
+           weighting: str, tau: float, score_fn: ScoreFn, max_steps: int) -> tuple[CSMCState, list[StepInfo]]:
+    state = CSMCState(Population.spawn(program, n_particles, store_history=True), reference=reference)
+    return loop(state, lambda s: csmc_step(rng, s, engine, weighting, tau, score_fn), max_steps)
+
+
+def record_trajectory(program: Program, rng: Rng, engine: Engine | None = None,
+                      max_steps: int = 10_000) -> Trajectory:
+    """Run one copy of `program` to the end and keep its path (a reference to start from)."""
+    pop, _ = sweep(program, 1, rng, engine or Engine(), max_steps=max_steps)
+    return pop.trajectory(0)
+
+
+@dataclass
+class SweepInfo:
+    """One sweep: the new reference and the sweep's evidence estimate."""
+
+    t: int
+    reference_index: int
+    reference_answer: object
+    log_Z: float
+    n_steps: int
+
+
+@dataclass
+class PGState:
+    """The chain: the current reference, and the last sweep (its population and records)."""
+
+    program: Program
+    n_particles: int
+    n_iterations: int
+    reference: Trajectory | None = None
+    t: int = 0
+    failed: str | None = None
+    log_Z: float = math.nan  # the first (unconditional) sweep's estimate
+    last: CSMCState | None = None
+    records: list[StepInfo] = field(default_factory=list)
+    reference_index: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.failed is not None or self.t >= self.n_iterations
+
+
+def init(
+    program: Program, n_particles: int, n_iterations: int = 1, reference: Trajectory | None = None
+) -> PGState:
+    """The chain before its first sweep; `reference` makes the first sweep conditional too."""
+    check_count("n_particles", n_particles)
+    check_count("n_iterations", n_iterations)
+    if reference is not None and not isinstance(reference, Trajectory):
+        raise TypeError(f"reference must be a ppllm.population.Trajectory, got {type(reference).__name__}")
+    return PGState(program, int(n_particles), int(n_iterations), reference)
+
+
+def next_reference_weights(pop: Population, weighting: str, score_fn: ScoreFn, tau: float) -> np.ndarray:
     """Log-weights the next reference is drawn with: final weights, or puri's final logits."""
     if weighting == "puri":
         return pop.log_w + score_logits(pop.programs, score_fn, tau)
     return pop.log_w.copy()
+
+
+def step(
+    rng: Rng, state: PGState, engine: Engine, weighting: str = "ratio", tau: float = 1.0,
+    score_fn: ScoreFn = recorded_score, answer_fn: AnswerFn = particle_text, max_steps: int = 10_000,
+) -> tuple[PGState, SweepInfo]:
+    """One sweep of conditional SMC from the state's reference; draws the next reference."""
+    it = state.t
+    r = rng.child("sweep", it)
+    run, records = _sweep(state.program, state.n_particles, r, engine, state.reference, weighting, tau,
+                          score_fn, max_steps)
+    pop = run.population
+    state.last, state.records, state.t = run, records, it + 1
+    if it == 0:
+        state.log_Z = pop.log_Z
+    if run.failed:
+        state.failed = run.failed
+        return state, SweepInfo(it, -1, None, -math.inf, len(records))
+    k = int(r.child("reference").categorical(normalise(next_reference_weights(pop, weighting, score_fn, tau))))
+    state.reference, state.reference_index = pop.trajectory(k), k
+    return state, SweepInfo(it, k, answer_fn(pop.programs[k]), pop.log_Z, len(records))
 
 
 def run(
@@ -180,49 +199,61 @@ def run(
     rng: Rng | None = None,
     weighting: str = "ratio",
     tau: float = 1.0,
-    score_fn: Callable[[Program], float] = prefix_score,
+    score_fn: ScoreFn = recorded_score,
     select: str = "argmax",
-    answer_fn: Callable[[Program], Hashable] = particle_text,
+    answer_fn: AnswerFn = particle_text,
+    reference: Trajectory | None = None,
     max_steps: int = 10_000,
     engine: Engine | None = None,
+    progress: bool = False,
 ) -> Posterior:
     """`n_iterations` sweeps of N particles (the first unconditional); budget N × iterations.
 
     Returns the last sweep's weighted particles. `log_Z` is the first (unconditional)
-    sweep's unbiased estimate; conditional sweeps' estimates are not unbiased.
-    `select`: "argmax" — highest final score in the last sweep; "sample" — the last
-    reference drawn (∝ final weights, or ∝ softmax of final logits for puri).
+    sweep's unbiased estimate (NaN when the chain starts from a given reference);
+    conditional sweeps' estimates are not unbiased. `select`: "argmax" — highest final
+    score in the last sweep; "sample" — the last reference drawn (∝ final weights, or ∝
+    softmax of final logits for puri). `extras["chains"]` holds the chain of reference
+    answers, one draw per sweep.
     """
     rng = as_rng(rng if rng is not None else seed)
-    if n_iterations < 1 or n_particles < 1:
-        raise ValueError("n_particles and n_iterations must be >= 1")
+    check_prm_options(weighting, tau, select)
     engine = engine or Engine()
-    start = time.perf_counter()
-    ref: Reference | None = None
-    refs: list[Hashable] = []
-    log_Z = math.nan
-    records: list = []
-    for it in range(n_iterations):
-        r = rng.child("sweep", it)
-        pop, records = sweep(program, n_particles, r, engine, ref, weighting, tau, score_fn, max_steps)
-        if it == 0:
-            log_Z = pop.log_evidence
-        k = int(r.child("reference").categorical(normalise(next_reference_weights(pop, weighting, score_fn, tau))))
-        ref = pop.reference_of(k, program)
-        refs.append(answer_fn(pop.programs[k]))
-    if select == "sample":
-        i = k
-    else:
-        scores = np.array([score_fn(p) for p in pop.programs], dtype=np.float64)
-        i = select_index(scores, select, rng, pop.log_w)
-    return Posterior(
-        particles=pop.programs,
-        log_weights=pop.log_w.copy(),
-        log_Z=log_Z,
-        steps=records,
-        budget=budget_of(engine, start, generations=n_particles * n_iterations),
-        kernel="particle_gibbs",
-        config={"n_particles": n_particles, "n_iterations": n_iterations, "weighting": weighting,
-                "tau": tau, "select": select},
-        extras={"selected": i, "answer": answer_fn(pop.programs[i]), "references": refs},
+    config = {"n_particles": n_particles, "n_iterations": n_iterations, "weighting": weighting,
+              "tau": tau, "select": select}
+
+    def finish(state: PGState, infos: list[SweepInfo]) -> Output:
+        assert state.last is not None
+        pop = state.last.population
+        log_Z = state.log_Z if reference is None else math.nan
+        out = Output(pop.programs, pop.log_w, log_Z if not state.failed else -math.inf,
+                     diagnostics=Steps(state.records),
+                     ancestry=[np.asarray(s.ancestors) for s in state.records])
+        if state.failed:
+            return out
+        if select == "sample":
+            i = state.reference_index
+        else:
+            i = select_index(scores_of(pop.programs, score_fn), select, rng, pop.log_w)
+        refs = [info.reference_answer for info in infos]
+        chains = Chains(
+            samples=[[{"reference": a} for a in refs]],
+            stats={"reference_index": [[info.reference_index for info in infos]]},
+            kernel="particle_gibbs",
+            config=config,
+        )
+        out.extras = {"selected": i, "answer": answer_fn(pop.programs[i]), "references": refs,
+                      "chains": chains}
+        return out
+
+    return run_kernel(
+        "particle_gibbs",
+        init(program, n_particles, n_iterations, reference),
+        lambda s: step(rng, s, engine, weighting, tau, score_fn, answer_fn, max_steps),
+        finish,
+        engine=engine,
+        max_steps=n_iterations,
+        config=config,
+        progress=progress,
+        units={"generations": n_particles * n_iterations},
     )

@@ -8,7 +8,8 @@ as N → ∞ for the weighted particles themselves.
 Feynman–Kac decomposition, per step t:
   M_t  `extend`   run one `step()` of each live particle (its proposal: sample/proposal=)
   G_t  the log-weight the step produced (log p − log q + factors + twist changes)
-  R_t  `resample` when ESS < ess_threshold · N (0 = never, ≥ 1 = every step)
+  R_t  `resample` when ESS < ess_threshold · N (0 = never, ≥ 1 = every step), with any
+       unbiased scheme (`resampler`: a name or a function `(rng, W, n) -> ancestors`)
 Finished particles keep their weight (G = 1) and stay in the pool, so particles of
 different lengths are weighted correctly.
 """
@@ -16,56 +17,43 @@ different lengths are weighted correctly.
 from __future__ import annotations
 
 import math
-import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..engine import Engine
 from ..population import Population
-from ..posterior import Posterior, StepRecord
 from ..program import Program
-from ..resampling import Resampler, get_resampler
+from ..resampling import Resampler
+from ..results.diagnostics import StepInfo
+from ..results.posterior import Posterior
 from ..rng import Rng, as_rng
+from .driver import check_count, check_resampler, population_output, resampler_name, run_kernel
 
-__all__ = ["SMCState", "SMCInfo", "init", "step", "run"]
+__all__ = ["SMCState", "init", "step", "run", "resample_if", "should_resample"]
 
 
 @dataclass
 class SMCState:
-    """What the next step needs: the population and the step index."""
+    """What the next step needs: the population, the step index and the running log Ẑ."""
 
     population: Population
     t: int = 0
     failed: str | None = None
-    log_evidence: float = 0.0  # log Ẑ after the last step
+    log_Z: float = 0.0  # log Ẑ after the last step
+
+    @property
+    def done(self) -> bool:
+        return self.failed is not None or self.population.all_finished
+
+    @property
+    def n_running(self) -> int:
+        return int(np.sum(~self.population.finished))
 
 
-@dataclass
-class SMCInfo:
-    """Diagnostics of one step (not carried forward)."""
-
-    t: int
-    ess: float
-    resampled: bool
-    ancestors: np.ndarray
-    log_Z_increment: float
-    n_live: int
-
-
-@dataclass
-class SMCConfig:
-    n_particles: int
-    resampler: str | Resampler = "systematic"
-    ess_threshold: float = 0.5
-    max_steps: int = 10_000
-    extra: dict = field(default_factory=dict)
-
-
-def init(program: Program, n_particles: int) -> SMCState:
+def init(program: Program, n_particles: int, store_history: bool = False) -> SMCState:
     """N copies of `program` with weight 1."""
-    return SMCState(Population.spawn(program, n_particles))
+    return SMCState(Population.spawn(program, check_count("n_particles", n_particles), store_history))
 
 
 def should_resample(ess: float, n: int, ess_threshold: float, all_finished: bool) -> bool:
@@ -74,18 +62,13 @@ def should_resample(ess: float, n: int, ess_threshold: float, all_finished: bool
     return ess_threshold >= 1 or ess < ess_threshold * n
 
 
-def step(
-    rng: Rng,
-    state: SMCState,
-    engine: Engine,
-    resampler: str | Resampler = "systematic",
-    ess_threshold: float = 0.5,
-) -> tuple[SMCState, SMCInfo]:
-    """Extend every live particle by one step, then resample if the ESS is low."""
+def resample_if(
+    rng: Rng, state: SMCState, n_live: int, before: float,
+    resampler: str | Resampler, ess_threshold: float,
+) -> StepInfo:
+    """The tail of every SMC-like step after its particles were extended and weighted:
+    record log Ẑ and ESS, stop if every weight is zero, resample when the ESS rule says so."""
     pop, t = state.population, state.t
-    n_live = sum(not p.finished for p in pop.programs)
-    before = state.log_evidence
-    pop.extend(engine, rng, t)  # G_t: w_i *= γ_t(x_i) / (γ_{t-1}(x_i) q_t(x_i))
     after, ess = pop.summary()
     resampled = False
     A = np.arange(pop.n)
@@ -98,9 +81,25 @@ def step(
         A = pop.resample(rng.child("resample", t), resampler)
         resampled = True
     state.t = t + 1
-    state.log_evidence = after
-    info = SMCInfo(t, ess, resampled, A, after - before, n_live)
-    return state, info
+    state.log_Z = after
+    return StepInfo(t, ess, resampled, A, after - before, n_live)
+
+
+def step(
+    rng: Rng,
+    state: SMCState,
+    engine: Engine,
+    resampler: str | Resampler = "systematic",
+    ess_threshold: float = 0.5,
+) -> tuple[SMCState, StepInfo]:
+    """Extend every live particle by one step, then resample if the ESS is low."""
+    n_live = state.n_running
+    before = state.log_Z
+    state.population.extend(engine, rng, state.t)  # G_t: w_i *= γ_t(x_i) / (γ_{t-1}(x_i) q_t(x_i))
+    return state, resample_if(rng, state, n_live, before, resampler, ess_threshold)
+
+
+finish = population_output
 
 
 def run(
@@ -122,47 +121,16 @@ def run(
     rng = as_rng(rng if rng is not None else seed)
     if not 0 <= ess_threshold:
         raise ValueError(f"ess_threshold must be >= 0, got {ess_threshold}")
-    get_resampler(resampler)  # fail early on an unknown name
+    check_resampler(resampler)
     engine = engine or Engine()
-    start = time.perf_counter()
-    state = init(program, n_particles)
-    records: list[StepRecord] = []
-    bar = _progress(progress, n_particles)
-    while not state.population.all_finished and state.failed is None:
-        if state.t >= max_steps:
-            raise RuntimeError(
-                f"{sum(~state.population.finished)} particles still running after "
-                f"max_steps={max_steps}; raise max_steps or make the program finish"
-            )
-        state, info = step(rng, state, engine, resampler, ess_threshold)
-        records.append(StepRecord.from_info(info))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(ess=f"{info.ess:.1f}", live=info.n_live)
-    if bar is not None:
-        bar.close()
-    if state.failed:
-        warnings.warn(state.failed, RuntimeWarning, stacklevel=2)
-    pop = state.population
-    return Posterior(
-        particles=pop.programs,
-        log_weights=pop.log_w.copy(),
-        log_Z=pop.log_evidence,
-        steps=records,
-        budget={**engine.stats.as_dict(), "seconds": time.perf_counter() - start},
-        kernel="smc",
-        config={
-            "n_particles": n_particles,
-            "resampler": resampler if isinstance(resampler, str) else resampler.__name__,
-            "ess_threshold": ess_threshold,
-        },
-        message=state.failed,
+    config = {"n_particles": n_particles, "resampler": resampler_name(resampler), "ess_threshold": ess_threshold}
+    return run_kernel(
+        "smc",
+        init(program, n_particles),
+        lambda s: step(rng, s, engine, resampler, ess_threshold),
+        finish,
+        engine=engine,
+        max_steps=max_steps,
+        config=config,
+        progress=progress,
     )
-
-
-def _progress(enabled: bool, n: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc=f"SMC ({n} particles)", unit="step", leave=False)

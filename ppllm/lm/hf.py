@@ -2,7 +2,7 @@
 
 A round of next-token questions becomes ONE batched forward pass, and an already-encoded
 prefix is never encoded again: every token's key/value vectors live in a token trie whose
-nodes point into a pool of KV slots (`_KVStore`). For each context the backend finds the
+nodes point into a pool of KV slots (`kv_cache.KVStore`). For each context the backend finds the
 longest cached prefix, gathers its KV rows from the pool into one padded batch, runs only
 the new suffix tokens (with per-row `position_ids` and a 4-D mask when rows differ in
 length), and stores the new tokens' KV under their trie nodes. Particles that fork or are
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .base import LM, Context
+from .kv_cache import KVStore, TrieNode, buffer_layer_class, copy_back, make_buffer_cache
 
 __all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS"]
 
@@ -33,234 +34,10 @@ DEFAULT_KV_BUDGET_TOKENS = 16_384
 _KNOWN_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
 
 
-class _Node:
-    """One token of the trie: its KV slot in the pool and its place in the tree."""
-
-    __slots__ = ("token", "parent", "children", "slot", "depth", "path", "key")
-
-    def __init__(self, token: int, parent: _Node | None, slot: int, depth: int) -> None:
-        self.token = token
-        self.parent = parent
-        self.children: dict[int, _Node] = {}
-        self.slot = slot  # -1 once evicted (or for the root)
-        self.depth = depth
-        self.path: np.ndarray | None = None  # slots root→self, kept on leaves only
-        self.key: tuple[int, ...] | None = None  # full context, for leaves in the index
-
-
-class _KVStore:
-    """Token trie over a slot pool of per-token KV, with LRU eviction of leaves.
-
-    The pool is one tensor per K and V of shape (layers, slots, kv_heads, head_dim), so a
-    batch's whole past is gathered for all layers in one `index_select`. Slot 0 is a zero
-    dummy that padding points at (finite values, masked out of attention).
-    """
-
-    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, dtype, device, budget: int):
-        if budget < 1:
-            raise ValueError(f"kv_budget_tokens must be >= 1, got {budget}")
-        self.shape = (n_layers, kv_heads, head_dim)
-        self.dtype, self.device, self.budget = dtype, device, int(budget)
-        self.root = _Node(-1, None, -1, 0)
-        self.root.path = np.zeros(0, dtype=np.int64)
-        self.leaves: OrderedDict[_Node, None] = OrderedDict()  # oldest first
-        self.index: dict[tuple[int, ...], _Node] = {}  # full context of each leaf → leaf
-        self.free: list[int] = []
-        self.capacity = 0
-        self.k = self.v = torch.zeros(0)
-        self._grow(min(self.budget, 1024) + 1)
-        self.n_cached = 0
-        self.evictions = 0
-
-    # ---------------------------------------------------------------- slots
-    def _grow(self, capacity: int) -> None:
-        layers, heads, dim = self.shape
-        k = torch.zeros(layers, capacity, heads, dim, dtype=self.dtype, device=self.device)
-        v = torch.zeros_like(k)
-        if self.capacity:
-            k[:, : self.capacity] = self.k
-            v[:, : self.capacity] = self.v
-        self.free.extend(range(capacity - 1, max(self.capacity, 1) - 1, -1))
-        self.k, self.v, self.capacity = k, v, capacity
-
-    def alloc(self, n: int) -> list[int]:
-        if len(self.free) < n:
-            self._grow(max(2 * self.capacity, self.capacity + n - len(self.free) + 1))
-        out = self.free[-n:][::-1]
-        del self.free[len(self.free) - n :]
-        return out
-
-    # ---------------------------------------------------------------- lookup
-    def longest_prefix(self, tokens: tuple[int, ...], limit: int) -> _Node:
-        """The deepest cached node on `tokens`' path with depth <= limit."""
-        if limit <= 0:
-            return self.root
-        # The common case: last round's context (a leaf) plus one token. One hash, no walk.
-        node = self.index.get(tokens[:limit])
-        if node is not None:
-            return node
-        node = self.root
-        children = node.children
-        for tok in tokens[:limit]:
-            nxt = children.get(tok)
-            if nxt is None:
-                break
-            node, children = nxt, nxt.children
-        return node
-
-    @staticmethod
-    def path_of(node: _Node) -> np.ndarray:
-        """Pool slots of the tokens root→node (cached on leaves, rebuilt by walking otherwise)."""
-        if node.path is not None:
-            return node.path
-        slots = []
-        n: _Node | None = node
-        while n is not None and n.parent is not None:
-            slots.append(n.slot)
-            n = n.parent
-        return np.asarray(slots[::-1], dtype=np.int64)
-
-    # ---------------------------------------------------------------- insert / evict
-    def insert(
-        self, start: _Node, tokens: Sequence[int], slots: Sequence[int], full: tuple[int, ...]
-    ) -> tuple[_Node, list[int]]:
-        """Add `tokens` below `start`, taking `slots` for new nodes; return (last node, slots used).
-
-        Tokens already in the trie (computed twice in one batch) keep their first KV.
-        """
-        node, used = start, []
-        base_path = self.path_of(start)
-        new_slots: list[int] = []
-        for tok, slot in zip(tokens, slots, strict=True):
-            child = node.children.get(tok)
-            if child is None:
-                if node in self.leaves:
-                    self._unleaf(node)
-                child = _Node(tok, node, slot, node.depth + 1)
-                node.children[tok] = child
-                used.append(slot)
-                self.n_cached += 1
-            new_slots.append(child.slot)
-            node = child
-        if node is not start:
-            node.path = np.concatenate([base_path, np.asarray(new_slots, dtype=np.int64)])
-        if not node.children and node is not self.root:
-            self._leaf(node, full)
-        return node, used
-
-    def touch(self, node: _Node, full: tuple[int, ...]) -> None:
-        if node in self.leaves:
-            self.leaves.move_to_end(node)
-            if node.key != full:
-                if node.key is not None:
-                    self.index.pop(node.key, None)
-                node.key = full
-                self.index[full] = node
-
-    def _leaf(self, node: _Node, full: tuple[int, ...]) -> None:
-        node.key = full
-        self.index[full] = node
-        self.leaves[node] = None
-        self.leaves.move_to_end(node)
-
-    def _unleaf(self, node: _Node) -> None:
-        # Its path stays until the end of the batch: siblings inserted next still extend it.
-        del self.leaves[node]
-        if node.key is not None:
-            self.index.pop(node.key, None)
-            node.key = None
-
-    def evict(self) -> None:
-        """Drop least-recently-used leaves until at most `budget` tokens stay cached."""
-        while self.n_cached > self.budget and self.leaves:
-            node = next(iter(self.leaves))
-            self._unleaf(node)
-            parent = node.parent
-            assert parent is not None
-            del parent.children[node.token]
-            self.free.append(node.slot)
-            node.slot = -1
-            self.n_cached -= 1
-            self.evictions += 1
-            if parent is not self.root and not parent.children:
-                # The parent of an evicted leaf is older than everything still cached below
-                # other branches: queue it first, so dead branches go before live ones.
-                parent.key = None
-                self.leaves[parent] = None
-                self.leaves.move_to_end(parent, last=False)
-
-    def clear(self) -> None:
-        self.__init__(*self.shape, self.dtype, self.device, self.budget)  # type: ignore[misc]
-
-
-_BUFFER_LAYER: Any = None
-
-
-def _buffer_layer_class() -> Any:
-    """A DynamicLayer over preallocated buffers (transformers >= 4.56), or None before that."""
-    global _BUFFER_LAYER
-    if _BUFFER_LAYER is None:
-        try:
-            from transformers.cache_utils import DynamicLayer
-        except ImportError:
-            return None
-
-        class _BufferLayer(DynamicLayer):
-            """Holds `filled` past positions of (B, heads, W, dim) buffers; writes new ones in place."""
-
-            def __init__(self, kbuf: torch.Tensor, vbuf: torch.Tensor, filled: int) -> None:
-                super().__init__()
-                self.kbuf, self.vbuf, self.filled = kbuf, vbuf, filled
-                self.is_initialized = True
-                self.dtype, self.device = kbuf.dtype, kbuf.device
-                self.keys, self.values = kbuf[:, :, :filled], vbuf[:, :, :filled]
-
-            def update(self, key_states, value_states, *args, **kwargs):
-                end = self.filled + key_states.shape[-2]
-                self.kbuf[:, :, self.filled : end] = key_states
-                self.vbuf[:, :, self.filled : end] = value_states
-                self.filled = end
-                self.keys, self.values = self.kbuf[:, :, :end], self.vbuf[:, :, :end]
-                return self.keys, self.values
-
-            def get_seq_length(self) -> int:
-                return self.filled
-
-        _BUFFER_LAYER = _BufferLayer
-    return _BUFFER_LAYER
-
-
-def _make_buffer_cache(keys: list[torch.Tensor], values: list[torch.Tensor], filled: int) -> Any:
-    """A transformers cache whose layers already hold `filled` past positions of preallocated
-    buffers and write new positions in place, so the gathered past is never copied again."""
-    from transformers import DynamicCache
-
-    layer = _buffer_layer_class()
-    cache = DynamicCache()
-    if layer is None:  # older transformers: a plain cache, filled through its own update
-        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
-            cache.update(k[:, :, :filled].contiguous(), v[:, :, :filled].contiguous(), i)
-        return cache
-    cache.layers = [layer(k, v, filled) for k, v in zip(keys, values, strict=True)]
-    cache.layer_class_to_replicate = None
-    return cache
-
-
-def _copy_back(cache: Any, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-    """Older transformers grow a plain cache by concatenation: copy its states to our buffers."""
-    for i, (k, v) in enumerate(zip(keys, values, strict=True)):
-        if hasattr(cache, "key_cache"):
-            ck, cv = cache.key_cache[i], cache.value_cache[i]
-        else:
-            ck, cv = cache.layers[i].keys, cache.layers[i].values
-        k.copy_(ck)
-        v.copy_(cv)
-
-
 class HFLM(LM):
     """A transformers causal LM behind ppllm's LM interface, with prefix KV reuse.
 
-    >>> lm = HFLM.load("tiny-arith")                      # doctest: +SKIP
+    >>> lm = HFLM.load("path/to/model_dir")               # doctest: +SKIP
     >>> lm.logprobs([lm.context("Q: 12+34=\\n").tokens])  # doctest: +SKIP
     """
 
@@ -301,7 +78,7 @@ class HFLM(LM):
         self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in forward
         n_layers, kv_heads, head_dim = self._kv_shape(text_config)
-        self._kv = _KVStore(n_layers, kv_heads, head_dim, self.dtype, self.device, kv_budget_tokens)
+        self._kv = KVStore(n_layers, kv_heads, head_dim, self.dtype, self.device, kv_budget_tokens)
         self._answers: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._answer_budget = max(1, answer_cache_bytes // (8 * self.vocab_size))
         self._vocab_strings: list[str] | None = None
@@ -318,34 +95,24 @@ class HFLM(LM):
         kv_budget_tokens: int = DEFAULT_KV_BUDGET_TOKENS,
         **kwargs: Any,
     ) -> HFLM:
-        """Load a zoo model by name ("tiny-arith", "smollm2"), a safetensors dir or a GGUF file.
+        """Load a transformers causal LM from a safetensors directory or a GGUF file.
 
-        Never touches the model hub (`local_files_only`). Raises FileNotFoundError for a
-        missing path and ValueError for something that is not a causal LM.
+        Paths only: `ppllm.zoo.load_lm(name)` builds a backend by name. Never
+        touches the model hub (`local_files_only`). Raises FileNotFoundError for a missing
+        path and ValueError for something that is not a causal LM.
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-        from ..zoo import MODELS, resolve
-
-        key = str(name_or_path)
         stop_ids: list[int] = list(kwargs.pop("stop_token_ids", ()))
-        if key in MODELS:
-            path = resolve(key)  # FileNotFoundError says how to get the model
-            name = key
-            if key == "smollm2":
-                from ..zoo import smollm2
-
-                stop_ids += smollm2.stop_token_ids()
-        else:
-            path = Path(key).expanduser()
-            if not path.exists():
-                known = ", ".join(sorted(MODELS))
-                raise FileNotFoundError(
-                    f"no model at {str(path)!r}: pass a registered name ({known}), "
-                    "a directory with config.json, or a .gguf file"
-                )
-            name = path.stem if path.is_file() else path.name
+        name = kwargs.pop("name", None)
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no model at {str(path)!r}: pass a directory with config.json or a .gguf file "
+                "(registered models by name: ppllm.zoo.load_lm)"
+            )
+        name = name or (path.stem if path.is_file() else path.name)
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ValueError(f"{path} is a file but not a .gguf model")
@@ -528,7 +295,7 @@ class HFLM(LM):
         return out
 
     @torch.no_grad()
-    def _forward(self, plans: list[tuple[tuple[int, ...], int, _Node]]) -> list[np.ndarray]:
+    def _forward(self, plans: list[tuple[tuple[int, ...], int, TrieNode]]) -> list[np.ndarray]:
         kv = self._kv
         B = len(plans)
         past = [node.depth for _, _, node in plans]
@@ -537,7 +304,7 @@ class HFLM(LM):
         P, S = max(past), max(len(s) for s in suffix)
         W = P + S
         # Gather every row's past KV for all layers at once; the S tail positions are filled in
-        # place by the forward pass itself (see _make_buffer_cache).
+        # place by the forward pass itself (see kv_cache.make_buffer_cache).
         idx = np.zeros((B, W), dtype=np.int64)
         for b, (_, _, node) in enumerate(plans):
             if past[b]:
@@ -551,7 +318,7 @@ class HFLM(LM):
         vbuf = kv.v.view(n_layers, -1, dim).index_select(1, rows).view(n_layers, B, heads, W, dim)
         keys = [kbuf[i] for i in range(n_layers)]
         values = [vbuf[i] for i in range(n_layers)]
-        cache = _make_buffer_cache(keys, values, P)
+        cache = make_buffer_cache(keys, values, P)
 
         lens = [len(s) for s in suffix]
         ragged = any(p != P for p in past) or any(n != S for n in lens)
@@ -579,8 +346,8 @@ class HFLM(LM):
         if self._has_logits_to_keep:
             kwargs["logits_to_keep"] = keep
         logits = self.model(**kwargs).logits[:, -keep:, :]
-        if _buffer_layer_class() is None:
-            _copy_back(cache, keys, values)
+        if buffer_layer_class() is None:
+            copy_back(cache, keys, values)
         self.stats["forwards"] += 1
         self.stats["rows"] += B
         self.stats["new_tokens"] += sum(len(s) for s in suffix)

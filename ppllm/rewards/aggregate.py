@@ -18,7 +18,7 @@ import numpy as np
 
 from .base import PRM
 
-__all__ = ["AGGREGATIONS", "aggregate", "join_steps", "prefix_score", "prefix_score_now"]
+__all__ = ["AGGREGATIONS", "aggregate", "join_steps", "score_prefix", "score_prefix_now"]
 
 AGGREGATIONS = ("prod", "min", "last", "model")
 
@@ -39,7 +39,7 @@ def aggregate(scores: Sequence[float] | np.ndarray, how: str) -> float:
     if arr.size != 1:
         raise ValueError(
             f"'model' aggregation takes the PRM's single score of the joined prefix, got "
-            f"{arr.size} scores; use prefix_score(prm, prompt, steps, 'model')"
+            f"{arr.size} scores; use score_prefix(prm, prompt, steps, 'model')"
         )
     return float(arr[0])
 
@@ -49,7 +49,7 @@ def join_steps(steps: Sequence[str], sep: str = "\n") -> str:
     return sep.join(s.rstrip() for s in steps)
 
 
-async def prefix_score(
+async def score_prefix(
     prm: PRM, prompt: str, steps: Sequence[str], how: str = "last", sep: str = "\n"
 ) -> float:
     """r̂ of a prefix under aggregation `how`; await it inside a program's `step()`.
@@ -66,10 +66,10 @@ async def prefix_score(
     return aggregate(await prm.score(prompt, steps), how)
 
 
-def prefix_score_now(
+def score_prefix_now(
     prm: PRM, prompt: str, steps: Sequence[str], how: str = "last", sep: str = "\n"
 ) -> float:
-    """Synchronous `prefix_score` for scripts and baselines."""
+    """Synchronous `score_prefix` for scripts and baselines."""
     from ..request import answer_now
 
-    return answer_now(prefix_score(prm, prompt, steps, how, sep))
+    return answer_now(score_prefix(prm, prompt, steps, how, sep))

@@ -6,8 +6,8 @@ reduced to the two answers: r̂ = P(Yes) / (P(Yes) + P(No)), summing over the sp
 "Yes"/" Yes"/"yes" and "No"/" no"/... . One batched forward answers every new prefix of a
 round (right-padded; each row is read at its own last token, so any position scheme works).
 
-Any local transformers causal LM works: `LMJudgePRM.load("smollm2")`, a registered name, or
-a model directory. Nothing is ever fetched from the model hub.
+Any local transformers causal LM works: `LMJudgePRM.load(model_dir)`, `LMJudgePRM.from_lm(lm)`, or
+by name with `ppllm.zoo.load_judge("smollm2")`. Nothing is ever fetched from the model hub.
 """
 
 from __future__ import annotations
@@ -56,17 +56,20 @@ class LMJudgePRM(StepwisePRM):
         self.pad_id = int(pad if pad is not None else 0)
 
     @classmethod
-    def load(cls, name_or_path: str | Path = "smollm2", **kwargs: Any) -> LMJudgePRM:
-        """Load a registered model ('smollm2', ...) or a local directory, in float32."""
+    def load(cls, path: str | Path, **kwargs: Any) -> LMJudgePRM:
+        """Load a local transformers causal LM directory as the judge, in float32.
+
+        By name ("smollm2", ...) through `ppllm.zoo.load_judge`.
+        """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..zoo import resolve
-
-        path = resolve(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        kwargs.setdefault("name", f"judge:{name_or_path}")
+        path = Path(path).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no transformers model directory at {str(path)!r}")
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        kwargs.setdefault("name", f"judge:{path.name}")
         return cls(model, tokenizer, **kwargs)
 
     @classmethod

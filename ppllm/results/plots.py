@@ -68,16 +68,17 @@ def plot_genealogy(post: Posterior, path: str | Path) -> Path:
     """Lines from each particle's ancestor to it at every step; surviving lineages in colour."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    T = len(post.steps)
+    T = len(post.ancestry)
     lineage = post.genealogy()  # (T+1, N)
     surviving = [set(map(int, row)) for row in lineage]
-    for k, s in enumerate(post.steps, start=1):
-        A = np.asarray(s.ancestors, dtype=np.int64)
+    resampled = post.resampled if len(post.steps) == T else np.ones(T, dtype=bool)
+    for k, A in enumerate(post.ancestry, start=1):
+        A = np.asarray(A, dtype=np.int64)
         for i, a in enumerate(A):
             alive = i in surviving[k] and int(a) in surviving[k - 1]
             ax.plot([k - 1, k], [a, i], color="C3" if alive else "0.8",
                     lw=1.6 if alive else 0.7, zorder=2 if alive else 1)
-        if s.resampled:
+        if resampled[k - 1]:
             ax.axvline(k - 0.5, color="0.9", lw=6, zorder=0)
     for k, row in enumerate(surviving):
         ax.scatter([k] * len(row), sorted(row), s=8, color="C3", zorder=3)

@@ -10,7 +10,7 @@ It is deliberately imperfect, by construction rather than by luck: the label (fr
 does not see the earlier steps, so it can check a step's arithmetic and whether its operand
 fits the question, yet must guess whether the partial sum it starts from is the true one.
 Its held-out step-level AUC is in `ppllm/assets/arith-prm/training.json`;
-`python -m ppllm.rewards.train_arith_prm` retrains it.
+`python -m ppllm.tasks.arith.train_prm` retrains it.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from .arith import step_lines
-from .base import Item, StepwisePRM
+from ...rewards.base import Item, StepwisePRM
+from .verifier import step_lines
 
 __all__ = ["LearnedArithPRM", "default_path", "encode_step", "roc_auc"]
 
 
 def default_path() -> Path:
-    from ..zoo import ASSETS_DIR
+    from ...zoo import ASSETS_DIR
 
     return ASSETS_DIR / "arith-prm"
 
@@ -61,7 +61,7 @@ class LearnedArithPRM(StepwisePRM):
         path = Path(path) if path is not None else default_path()
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(
-                f"no arith-prm weights at {path}: run `python -m ppllm.rewards.train_arith_prm "
+                f"no arith-prm weights at {path}: run `python -m ppllm.tasks.arith.train_prm "
                 f"--out {path}`"
             )
         model = AutoModelForTokenClassification.from_pretrained(str(path), dtype=torch.float32)

@@ -1,6 +1,6 @@
 """Train `arith-prm`, the learned tiny-arith PRM, on steps that tiny-arith itself samples.
 
-    python -m ppllm.rewards.train_arith_prm --out ppllm/assets/arith-prm --seed 0
+    python -m ppllm.tasks.arith.train_prm --out ppllm/assets/arith-prm --seed 0
     ppllm models train arith-prm            (the same, through the CLI)
 
 1. Sample one solution per *training* problem from the committed tiny-arith weights with
@@ -10,7 +10,7 @@
    written at that line is the true one).
 3. Fit a 2-layer char-level `GPT2ForTokenClassification` briefly on (question, step) ->
    label, binary cross-entropy at the step's closing newline. The model never sees the
-   earlier steps: that is what keeps it fallible (see `ppllm.rewards.learned`).
+   earlier steps: that is what keeps it fallible (see `ppllm.tasks.arith.learned_prm`).
 4. Sample held-out problems the same way, label them, and report the step-level ROC AUC.
    The held-out steps are saved next to the weights (`heldout_steps.json`), so the AUC can be
    re-checked exactly without sampling.
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..zoo import arith_data
-from .arith import ExactArithVerifier, solution_lines
-from .learned import LearnedArithPRM, encode_step, roc_auc
+from . import data as arith_data
+from .learned_prm import LearnedArithPRM, encode_step, roc_auc
+from .verifier import ExactArithVerifier, solution_lines
 
 __all__ = ["PRMTrainConfig", "evaluate_auc", "load_heldout", "main", "sample_labelled", "train"]
 
@@ -79,7 +79,7 @@ def sample_labelled(
     policy, tokenizer, problems: Sequence[arith_data.Problem], temperature: float, seed: int
 ) -> list[dict]:
     """One sampled solution per problem, cut into steps and labelled by the exact verifier."""
-    from ..zoo.tiny_arith import sample_solutions
+    from .train_lm import sample_solutions
 
     verifier = ExactArithVerifier()
     out: list[dict] = []
@@ -170,7 +170,7 @@ def evaluate_auc(prm, records: list[dict]) -> dict:
 
 def load_heldout(path: str | Path | None = None) -> list[dict]:
     """The labelled held-out steps saved at training time."""
-    from .learned import default_path
+    from .learned_prm import default_path
 
     base = Path(path) if path is not None else default_path()
     return json.loads((base / HELDOUT_FILE).read_text())["records"]
@@ -179,7 +179,7 @@ def load_heldout(path: str | Path | None = None) -> list[dict]:
 def _save(model, out: Path) -> None:
     from safetensors.torch import save_file
 
-    from ..zoo.char_tokenizer import save_tokenizer
+    from ...zoo.char_tokenizer import save_tokenizer
 
     save_tokenizer(out)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
@@ -190,8 +190,8 @@ def _save(model, out: Path) -> None:
 
 def train(out_dir: str | Path, seed: int = 0, **overrides) -> dict:
     """Sample, label, fit and evaluate; writes the model and training.json into `out_dir`."""
-    from ..zoo import resolve
-    from ..zoo.tiny_arith import load as load_policy
+    from ...zoo import resolve
+    from .train_lm import load as load_policy
 
     cfg = PRMTrainConfig(seed=seed, **overrides)
     out = Path(out_dir)
@@ -225,7 +225,7 @@ def train(out_dir: str | Path, seed: int = 0, **overrides) -> dict:
     seconds = time.perf_counter() - start
     n_train_steps = int(sum(len(r["labels"]) for r in train_records))
     record = {
-        "command": f"python -m ppllm.rewards.train_arith_prm --out {out_dir} --seed {seed}"
+        "command": f"python -m ppllm.tasks.arith.train_prm --out {out_dir} --seed {seed}"
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(overrides.items())),
         "config": asdict(cfg),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -245,7 +245,7 @@ def train(out_dir: str | Path, seed: int = 0, **overrides) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ppllm.rewards.train_arith_prm", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ppllm.tasks.arith.train_prm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="ppllm/assets/arith-prm")
     parser.add_argument("--seed", type=int, default=0)

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..zoo.arith_data import check_step, parse_answer
-from .base import Item, StepwisePRM
+from ...rewards.base import Item, StepwisePRM
+from .data import check_step, parse_answer
 
 __all__ = ["ExactArithVerifier", "question_operands", "step_lines", "solution_lines"]
 

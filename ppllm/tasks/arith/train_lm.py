@@ -5,8 +5,8 @@ and whose outputs can be checked exactly (each `x+y=z` line and the `A:` line). 
 deliberately undertrained: one sample at temperature 1 gets roughly half of the held-out
 3-5-operand chains right, which leaves room for SMC, reranking and tree search to help.
 
-    python -m ppllm.zoo.tiny_arith train --out ppllm/assets/tiny-arith --seed 0
-    python -m ppllm.zoo.tiny_arith eval --model ppllm/assets/tiny-arith
+    python -m ppllm.tasks.arith.train_lm train --out ppllm/assets/tiny-arith --seed 0
+    python -m ppllm.tasks.arith.train_lm eval --model ppllm/assets/tiny-arith
 
 The defaults of `train` are the committed model's recipe; the same command, seed and thread
 count reproduce it (bit-for-bit on the same CPU kind and torch build; elsewhere floating-point
@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from ppllm.zoo import arith_data
-from ppllm.zoo.char_tokenizer import save_tokenizer
+from ...zoo.char_tokenizer import save_tokenizer
+from . import data as arith_data
 
 __all__ = ["TrainConfig", "evaluate_accuracy", "load", "main", "sample_solutions", "train"]
 
@@ -223,7 +223,7 @@ def train(
     _save_weights(model, out)
 
     record = {
-        "command": f"python -m ppllm.zoo.tiny_arith train --out {out_dir} --seed {seed}"
+        "command": f"python -m ppllm.tasks.arith.train_lm train --out {out_dir} --seed {seed}"
         + (f" --steps {cfg.steps}" if "steps" in overrides else ""),
         "overrides": overrides,
         "config": asdict(cfg),
@@ -256,7 +256,7 @@ def _write_record(out: Path, record: dict) -> None:
     lines = [
         "# tiny-arith",
         "",
-        "A character-level GPT-2 trained by `ppllm.zoo.tiny_arith` on addition chains: "
+        "A character-level GPT-2 trained by `ppllm.tasks.arith.train_lm` on addition chains: "
         "`Q: a+b+c=` then one `x+y=z` line per partial sum, then `A: z`, then `<|endoftext|>`. "
         "Operands are 2-digit (10-99).",
         "",
@@ -277,12 +277,12 @@ def _write_record(out: Path, record: dict) -> None:
         lines.append(
             f"- held-out accuracy, one sample at temperature {acc['temperature']:g} on "
             f"{acc['n']} 3-5-operand chains: {acc['accuracy']:.3f} (by operand count: "
-            f"{acc['by_operands']}); re-measure with `python -m ppllm.zoo.tiny_arith eval`"
+            f"{acc['by_operands']}); re-measure with `python -m ppllm.tasks.arith.train_lm eval`"
         )
     lines += [
         "",
         "Held-out questions are those whose hash is 0 mod "
-        f"{arith_data.HELDOUT_FRACTION_DENOM} (`ppllm.zoo.arith_data.is_heldout`); training "
+        f"{arith_data.HELDOUT_FRACTION_DENOM} (`ppllm.tasks.arith.data.is_heldout`); training "
         "never draws them, and evaluation draws from its own seed stream.",
     ]
     (out / "TRAINING.md").write_text("\n".join(lines) + "\n")
@@ -364,7 +364,7 @@ def evaluate_accuracy(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ppllm.zoo.tiny_arith", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ppllm.tasks.arith.train_lm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train tiny-arith from scratch")
     tr.add_argument("--out", default="ppllm/assets/tiny-arith")
@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = train(args.out, seed=args.seed, evaluate=not args.no_eval, **overrides)
         print(json.dumps(record, indent=2))
     else:
-        from ppllm.zoo import resolve
+        from ...zoo import resolve
 
         model_dir = args.model or resolve("tiny-arith")
         result = evaluate_accuracy(

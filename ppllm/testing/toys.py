@@ -1,8 +1,8 @@
-"""Small programs on the toy LM: the exact tests, `python -m ppllm.validation` and toy recipes.
+"""Small programs on the toy LM for the exact tests and `python -m ppllm.testing.validation`.
 
 Each is tiny enough for the exact oracle to enumerate (ppllm.exact), so kernels can be
-checked against the true posterior. `ToyText` takes a prompt and is what `lm = "toy"`
-recipes run.
+checked against the true posterior. (The toy recipes run `ppllm_models.toy_text.ToyText`,
+a program on the user's side.)
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import math
 from functools import cache
 from typing import Any
 
-from . import program as _program
-from .lm import ToyLM
+from .. import program as _program
+from ..lm import ToyLM
 
 # a, b and EOS; bigram tables fixed by seed so every test sees the same model.
 TOKEN_LM = ToyLM.random(["a", "b", "<eos>"], order=2, seed=3)
@@ -115,52 +115,6 @@ class LatentTopic(_program.Program):
 
     def __str__(self) -> str:
         return f"z={self.z} {self.lm.decode(self.ctx.tokens)!r}"
-
-
-class ToyText(_program.Program):
-    """Continue a prompt token by token; every `banned` token costs a factor exp(penalty).
-
-    With penalty = −inf this is a hard constraint (a toy lipogram). `answer` is the text
-    generated after the prompt; `prefix_score` = exp(penalty · #banned so far) ∈ [0, 1] is
-    the score that PRM-driven kernels (particle filter, best-of-N, beam search) read.
-    """
-
-    def __init__(
-        self,
-        lm: ToyLM = TOKEN_LM,
-        prompt: str = "",
-        max_tokens: int = 4,
-        banned: str = "a",
-        penalty: float = -1.0,
-    ):
-        self.lm = lm
-        self.prompt = prompt
-        self.ctx = lm.context(prompt)
-        self.start = len(self.ctx)
-        self.max_tokens = max_tokens
-        self.banned = lm.index.get(banned) if isinstance(lm, ToyLM) else None
-        self.penalty = float(penalty)
-        self.n_banned = 0
-
-    async def step(self) -> None:
-        tok = await self.sample(self.lm.next_token(self.ctx))
-        if tok == self.banned:
-            self.n_banned += 1
-            self.factor(self.penalty)
-        self.ctx = self.ctx + tok
-        if tok == self.lm.eos_token_id or len(self.ctx) - self.start >= self.max_tokens:
-            self.finish()
-
-    @property
-    def answer(self) -> str:
-        return self.lm.decode(self.ctx.tokens[self.start :])
-
-    @property
-    def prefix_score(self) -> float:
-        return math.exp(self.penalty * self.n_banned) if self.n_banned else 1.0
-
-    def __str__(self) -> str:
-        return self.lm.decode(self.ctx.tokens)
 
 
 PROGRAMS = {"token_constraint": NoRepeat, "chunk_reward": FewAs, "latent_mix": LatentTopic}

@@ -1,6 +1,6 @@
 """`ppllm demo`: SmolLM2 writes a lipogram (no letter "e") with token-level SMC.
 
-The program (`models/lipogram.py`) proposes each token from the LM with the banned tokens
+The program (`models/lipogram.py`, importable as `ppllm_models.lipogram`) proposes each token from the LM with the banned tokens
 masked out and weights it by the mass the mask removed, so the weighted particles target
 the LM conditioned on the constraint. The demo prints log Ẑ and the ESS after every step,
 then the weighted posterior. If SmolLM2 cannot be fetched or loaded it says why and runs
@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -44,35 +43,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _lipogram_module() -> Any:
-    """`models.lipogram`: the program lives on the user's side, next to the library."""
-    root = Path(__file__).resolve().parent.parent
-    for where in (str(root), os.getcwd()):
-        if (Path(where) / "models" / "lipogram.py").is_file() and where not in sys.path:
-            sys.path.insert(0, where)
+    """`ppllm_models.lipogram`: the program lives on the user's side, beside the library."""
     try:
-        return importlib.import_module("models.lipogram")
+        return importlib.import_module("ppllm_models.lipogram")
     except ImportError as err:
         raise SystemExit(
-            f"cannot import models/lipogram.py ({err}); run the demo from the ppllm repository"
+            f"cannot import ppllm_models.lipogram ({err}); install ppllm from its repository "
+            "(`make demo` does) so the example programs in models/ are importable"
         ) from err
 
 
 def _load(name: str, log) -> tuple[Any, str]:
     """The LM to run on, falling back from SmolLM2 to tiny-arith with the reason printed."""
-    from .lm.hf import HFLM
+    from .. import zoo
 
     if name == "smollm2":
         try:
-            from .zoo import smollm2
+            from ..zoo import smollm2
 
             if not smollm2.is_available():
                 log("SmolLM2 is not in the cache yet: fetching it (one time, ~93 MB)")
                 smollm2.fetch()
-            return HFLM.load("smollm2"), "smollm2"
+            return zoo.load_lm("smollm2"), "smollm2"
         except Exception as err:  # any failure to get the big model: say why, use the small one
             log(f"SmolLM2 is unavailable ({type(err).__name__}: {err}); using tiny-arith instead")
             name = "tiny-arith"
-    return HFLM.load(name), name
+    return zoo.load_lm(name), name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

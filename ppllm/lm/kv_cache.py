@@ -1,0 +1,244 @@
+"""The hf backend's KV cache: a token trie over a pool of per-token key/value slots.
+
+Every cached token is a trie node pointing at one slot of a pooled tensor per K and V
+(layers, slots, kv_heads, head_dim). A context's longest cached prefix is found by a hash
+of the full context (the common case: last round's context plus one token) or a walk down
+the trie; particles that fork or are resampled share their parent's nodes for free, and
+memory is bounded by evicting least-recently-used leaves. `make_buffer_cache` hands a
+batch's gathered past to transformers as a cache that writes new positions in place.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["KVStore", "TrieNode", "buffer_layer_class", "copy_back", "make_buffer_cache"]
+
+
+class TrieNode:
+    """One token of the trie: its KV slot in the pool and its place in the tree."""
+
+    __slots__ = ("token", "parent", "children", "slot", "depth", "path", "key")
+
+    def __init__(self, token: int, parent: TrieNode | None, slot: int, depth: int) -> None:
+        self.token = token
+        self.parent = parent
+        self.children: dict[int, TrieNode] = {}
+        self.slot = slot  # -1 once evicted (or for the root)
+        self.depth = depth
+        self.path: np.ndarray | None = None  # slots root→self, kept on leaves only
+        self.key: tuple[int, ...] | None = None  # full context, for leaves in the index
+
+
+class KVStore:
+    """Token trie over a slot pool of per-token KV, with LRU eviction of leaves.
+
+    The pool is one tensor per K and V of shape (layers, slots, kv_heads, head_dim), so a
+    batch's whole past is gathered for all layers in one `index_select`. Slot 0 is a zero
+    dummy that padding points at (finite values, masked out of attention).
+    """
+
+    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, dtype, device, budget: int):
+        if budget < 1:
+            raise ValueError(f"kv_budget_tokens must be >= 1, got {budget}")
+        self.shape = (n_layers, kv_heads, head_dim)
+        self.dtype, self.device, self.budget = dtype, device, int(budget)
+        self.root = TrieNode(-1, None, -1, 0)
+        self.root.path = np.zeros(0, dtype=np.int64)
+        self.leaves: OrderedDict[TrieNode, None] = OrderedDict()  # oldest first
+        self.index: dict[tuple[int, ...], TrieNode] = {}  # full context of each leaf → leaf
+        self.free: list[int] = []
+        self.capacity = 0
+        self.k = self.v = torch.zeros(0)
+        self._grow(min(self.budget, 1024) + 1)
+        self.n_cached = 0
+        self.evictions = 0
+
+    # ---------------------------------------------------------------- slots
+    def _grow(self, capacity: int) -> None:
+        layers, heads, dim = self.shape
+        k = torch.zeros(layers, capacity, heads, dim, dtype=self.dtype, device=self.device)
+        v = torch.zeros_like(k)
+        if self.capacity:
+            k[:, : self.capacity] = self.k
+            v[:, : self.capacity] = self.v
+        self.free.extend(range(capacity - 1, max(self.capacity, 1) - 1, -1))
+        self.k, self.v, self.capacity = k, v, capacity
+
+    def alloc(self, n: int) -> list[int]:
+        if len(self.free) < n:
+            self._grow(max(2 * self.capacity, self.capacity + n - len(self.free) + 1))
+        out = self.free[-n:][::-1]
+        del self.free[len(self.free) - n :]
+        return out
+
+    # ---------------------------------------------------------------- lookup
+    def longest_prefix(self, tokens: tuple[int, ...], limit: int) -> TrieNode:
+        """The deepest cached node on `tokens`' path with depth <= limit."""
+        if limit <= 0:
+            return self.root
+        # The common case: last round's context (a leaf) plus one token. One hash, no walk.
+        node = self.index.get(tokens[:limit])
+        if node is not None:
+            return node
+        node = self.root
+        children = node.children
+        for tok in tokens[:limit]:
+            nxt = children.get(tok)
+            if nxt is None:
+                break
+            node, children = nxt, nxt.children
+        return node
+
+    @staticmethod
+    def path_of(node: TrieNode) -> np.ndarray:
+        """Pool slots of the tokens root→node (cached on leaves, rebuilt by walking otherwise)."""
+        if node.path is not None:
+            return node.path
+        slots = []
+        n: TrieNode | None = node
+        while n is not None and n.parent is not None:
+            slots.append(n.slot)
+            n = n.parent
+        return np.asarray(slots[::-1], dtype=np.int64)
+
+    # ---------------------------------------------------------------- insert / evict
+    def insert(
+        self, start: TrieNode, tokens: Sequence[int], slots: Sequence[int], full: tuple[int, ...]
+    ) -> tuple[TrieNode, list[int]]:
+        """Add `tokens` below `start`, taking `slots` for new nodes; return (last node, slots used).
+
+        Tokens already in the trie (computed twice in one batch) keep their first KV.
+        """
+        node, used = start, []
+        base_path = self.path_of(start)
+        new_slots: list[int] = []
+        for tok, slot in zip(tokens, slots, strict=True):
+            child = node.children.get(tok)
+            if child is None:
+                if node in self.leaves:
+                    self._unleaf(node)
+                child = TrieNode(tok, node, slot, node.depth + 1)
+                node.children[tok] = child
+                used.append(slot)
+                self.n_cached += 1
+            new_slots.append(child.slot)
+            node = child
+        if node is not start:
+            node.path = np.concatenate([base_path, np.asarray(new_slots, dtype=np.int64)])
+        if not node.children and node is not self.root:
+            self._leaf(node, full)
+        return node, used
+
+    def touch(self, node: TrieNode, full: tuple[int, ...]) -> None:
+        if node in self.leaves:
+            self.leaves.move_to_end(node)
+            if node.key != full:
+                if node.key is not None:
+                    self.index.pop(node.key, None)
+                node.key = full
+                self.index[full] = node
+
+    def _leaf(self, node: TrieNode, full: tuple[int, ...]) -> None:
+        node.key = full
+        self.index[full] = node
+        self.leaves[node] = None
+        self.leaves.move_to_end(node)
+
+    def _unleaf(self, node: TrieNode) -> None:
+        # Its path stays until the end of the batch: siblings inserted next still extend it.
+        del self.leaves[node]
+        if node.key is not None:
+            self.index.pop(node.key, None)
+            node.key = None
+
+    def evict(self) -> None:
+        """Drop least-recently-used leaves until at most `budget` tokens stay cached."""
+        while self.n_cached > self.budget and self.leaves:
+            node = next(iter(self.leaves))
+            self._unleaf(node)
+            parent = node.parent
+            assert parent is not None
+            del parent.children[node.token]
+            self.free.append(node.slot)
+            node.slot = -1
+            self.n_cached -= 1
+            self.evictions += 1
+            if parent is not self.root and not parent.children:
+                # The parent of an evicted leaf is older than everything still cached below
+                # other branches: queue it first, so dead branches go before live ones.
+                parent.key = None
+                self.leaves[parent] = None
+                self.leaves.move_to_end(parent, last=False)
+
+    def clear(self) -> None:
+        self.__init__(*self.shape, self.dtype, self.device, self.budget)  # type: ignore[misc]
+
+
+_BUFFER_LAYER: Any = None
+
+
+def buffer_layer_class() -> Any:
+    """A DynamicLayer over preallocated buffers (transformers >= 4.56), or None before that."""
+    global _BUFFER_LAYER
+    if _BUFFER_LAYER is None:
+        try:
+            from transformers.cache_utils import DynamicLayer
+        except ImportError:
+            return None
+
+        class _BufferLayer(DynamicLayer):
+            """Holds `filled` past positions of (B, heads, W, dim) buffers; writes new ones in place."""
+
+            def __init__(self, kbuf: torch.Tensor, vbuf: torch.Tensor, filled: int) -> None:
+                super().__init__()
+                self.kbuf, self.vbuf, self.filled = kbuf, vbuf, filled
+                self.is_initialized = True
+                self.dtype, self.device = kbuf.dtype, kbuf.device
+                self.keys, self.values = kbuf[:, :, :filled], vbuf[:, :, :filled]
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                end = self.filled + key_states.shape[-2]
+                self.kbuf[:, :, self.filled : end] = key_states
+                self.vbuf[:, :, self.filled : end] = value_states
+                self.filled = end
+                self.keys, self.values = self.kbuf[:, :, :end], self.vbuf[:, :, :end]
+                return self.keys, self.values
+
+            def get_seq_length(self) -> int:
+                return self.filled
+
+        _BUFFER_LAYER = _BufferLayer
+    return _BUFFER_LAYER
+
+
+def make_buffer_cache(keys: list[torch.Tensor], values: list[torch.Tensor], filled: int) -> Any:
+    """A transformers cache whose layers already hold `filled` past positions of preallocated
+    buffers and write new positions in place, so the gathered past is never copied again."""
+    from transformers import DynamicCache
+
+    layer = buffer_layer_class()
+    cache = DynamicCache()
+    if layer is None:  # older transformers: a plain cache, filled through its own update
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+            cache.update(k[:, :, :filled].contiguous(), v[:, :, :filled].contiguous(), i)
+        return cache
+    cache.layers = [layer(k, v, filled) for k, v in zip(keys, values, strict=True)]
+    cache.layer_class_to_replicate = None
+    return cache
+
+
+def copy_back(cache: Any, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Older transformers grow a plain cache by concatenation: copy its states to our buffers."""
+    for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+        if hasattr(cache, "key_cache"):
+            ck, cv = cache.key_cache[i], cache.value_cache[i]
+        else:
+            ck, cv = cache.layers[i].keys, cache.layers[i].values
+        k.copy_(ck)
+        v.copy_(cv)

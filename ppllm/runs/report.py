@@ -1,0 +1,146 @@
+"""The report of a results directory: summary.md, results.json and plots, from its files alone.
+
+`ppllm report DIR` regenerates them; `ppllm run` writes them at the end of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..recipes import RecipeError
+
+__all__ = ["same_answer", "write_report"]
+
+
+def same_answer(a: Any, b: Any) -> bool:
+    """Answers compare as stripped strings (a recorded 104 equals a reference "104")."""
+    return str(a).strip() == str(b).strip()
+
+
+def write_report(out: str | Path) -> dict[str, Any]:
+    """summary.md, results.json and the plots of a results directory, from its files alone."""
+    from ..results import load_arviz, posteriors_from_arviz
+    from ..results.plots import plot_answers, plot_diagnostics, plot_genealogy
+
+    out = Path(out)
+    pdirs = sorted(d for d in out.glob("prompt-*") if (d / "posterior.nc").is_file())
+    if not pdirs:
+        raise RecipeError("report", f"{out} holds no prompt-*/posterior.nc (is it a results directory?)")
+    recipe_text = (out / "recipe.toml").read_text() if (out / "recipe.toml").is_file() else ""
+    lines = ["# ppllm results", ""]
+    if recipe_text:
+        lines += ["Recipe (as run):", "", "```toml", recipe_text.strip(), "```", ""]
+    rows = []
+    budget_total: dict[str, float] = {}
+    for d in pdirs:
+        idata = load_arviz(str(d / "posterior.nc"))
+        posts = posteriors_from_arviz(idata)
+        attrs = idata["posterior"].attrs
+        ref = json.loads(attrs["reference_answer"]) if "reference_answer" in attrs else None
+        has_answer = "answer" in idata["particles"].data_vars
+        fn = (lambda p: p.answer) if has_answer else str
+        first = posts[0]
+        weighted = _prediction(posts, fn)
+        selected = json.loads(attrs["selected_answers"]) if "selected_answers" in attrs else None
+        # a kernel that selects (best-of-N, beam search, ...) is judged by its selection,
+        # a sampler by the weighted posterior's most probable answer (pooled over runs)
+        pred = Counter(map(_hashable, selected)).most_common(1)[0][0] if selected else weighted
+        correct = None if ref is None or pred is None else same_answer(pred, ref)
+        for p in posts:
+            for k, v in p.budget.items():
+                budget_total[k] = budget_total.get(k, 0) + v
+        row = {
+            "prompt": str(attrs.get("prompt", "")),
+            "id": str(attrs.get("prompt_id", d.name)),
+            "dir": d.name,
+            "prediction": pred,
+            "weighted_prediction": weighted,
+            "selected": selected,
+            "reference": ref,
+            "correct": correct,
+            "log_Z": [p.log_Z for p in posts],
+            "ess": [p.ess for p in posts],
+            "n_particles": [p.n for p in posts],
+            "budget": [p.budget for p in posts],
+            "messages": [p.message for p in posts if p.message],
+        }
+        rows.append(row)
+        plot_diagnostics(first, d / "diagnostics.png")
+        plot_genealogy(first, d / "genealogy.png")
+        plot_answers(_pooled(posts, fn), d / "answers.png", truth=ref)
+        lines += _prompt_section(row, posts, fn)
+    scored = [r["correct"] for r in rows if r["correct"] is not None]
+    accuracy = sum(scored) / len(scored) if scored else None
+    head = [f"- prompts: {len(rows)}"]
+    if accuracy is not None:
+        head.append(f"- accuracy: {accuracy:.3f} ({sum(scored)}/{len(scored)})")
+    if budget_total:
+        head.append("- budget (all runs): " + ", ".join(f"{k}={_fmt(v)}" for k, v in budget_total.items()))
+    lines[2:2] = [*head, ""]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    result = {
+        "out": str(out),
+        "prompts": rows,
+        "accuracy": accuracy,
+        "budget": budget_total,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    return result
+
+
+def _hashable(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, list | dict) else v
+
+
+def _pooled(posts: list[Any], fn: Callable[[Any], Any]) -> dict[Any, float]:
+    """The answer distribution averaged over independent runs (each run weighs equally)."""
+    mass: dict[Any, float] = {}
+    ok = [p for p in posts if p.ok]
+    for p in ok:
+        for k, v in p.distribution(fn).items():
+            mass[k] = mass.get(k, 0.0) + v / len(ok)
+    return dict(sorted(mass.items(), key=lambda kv: -kv[1]))
+
+
+def _prediction(posts: list[Any], fn: Callable[[Any], Any]) -> Any:
+    dist = {k: v for k, v in _pooled(posts, fn).items() if k is not None}
+    return next(iter(dist), None)
+
+
+def _prompt_section(row: dict[str, Any], posts: list[Any], fn: Callable[[Any], Any]) -> list[str]:
+    lines = [f"## {row['dir']}: {row['prompt']!r}", ""]
+    if row["reference"] is not None:
+        mark = "correct" if row["correct"] else "wrong"
+        lines.append(f"- prediction: `{row['prediction']!r}` (reference `{row['reference']!r}`: {mark})")
+    else:
+        lines.append(f"- prediction: `{row['prediction']!r}`")
+    if row["selected"] is not None:
+        lines.append(f"- selected by the kernel (per run): {', '.join(repr(x) for x in row['selected'])}")
+    for c, p in enumerate(posts):
+        steps = f", {len(p.steps)} steps, resampled {int(p.resampled.sum())}×" if p.steps else ""
+        lines.append(
+            f"- run {c}: {p.kernel}, N={p.n}, log Ẑ={p.log_Z:.4f}, ESS={p.ess:.2f}{steps}"
+            + (f", budget: {', '.join(f'{k}={_fmt(v)}' for k, v in p.budget.items())}" if p.budget else "")
+        )
+        if p.message:
+            lines.append(f"  - note: {p.message}")
+    lines += ["", "| mass | answer |", "|---:|---|"]
+    for k, v in list(_pooled(posts, fn).items())[:10]:
+        lines.append(f"| {v:.4f} | `{k!r}` |")
+    lines += ["", f"![diagnostics]({row['dir']}/diagnostics.png) ![genealogy]({row['dir']}/genealogy.png) "
+              f"![answers]({row['dir']}/answers.png)", ""]
+    return lines
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _json_default(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
