@@ -6,7 +6,7 @@ and run inference kernels on it (docs/concepts.md).
 
 from typing import Any
 
-from .distributions import Bernoulli, Categorical, Distribution, Draw, as_distribution
+from .distributions import Bernoulli, Categorical, Distribution, Draw, Normal, as_distribution
 from .engine import Engine
 from .population import DegenerateWeights, Population, Trajectory
 from .program import Choice, Program, ProgramError, Shared, WeightError, replay
@@ -42,6 +42,7 @@ __all__ = [
     "Distribution",
     "Draw",
     "Engine",
+    "Normal",
     "Population",
     "Posterior",
     "Program",

@@ -22,6 +22,7 @@ __all__ = [
     "Draw",
     "Categorical",
     "Bernoulli",
+    "Normal",
     "TorchDistribution",
     "NumpyroDistribution",
     "as_distribution",
@@ -43,6 +44,8 @@ class Draw:
 
 class Distribution:
     """Base class: subclasses implement `sample` and `log_prob` (both awaitable)."""
+
+    is_lm: bool = False  # LM distributions (tokens, chunks) say True; the rest are latents
 
     async def sample(self, rng: Rng) -> Draw:
         raise NotImplementedError(f"{type(self).__name__} cannot be sampled")
@@ -83,6 +86,29 @@ class Bernoulli(Categorical):
 
     def __init__(self, p: float) -> None:
         super().__init__([1.0 - p, p], values=[False, True])
+
+
+class Normal(Distribution):
+    """A univariate Gaussian, drawn by inverse CDF from the particle's uniform (no torch)."""
+
+    def __init__(self, loc: float, scale: float) -> None:
+        if not scale > 0 or not math.isfinite(scale):
+            raise ValueError(f"Normal scale must be finite and > 0, got {scale}")
+        self.loc, self.scale = float(loc), float(scale)
+
+    async def sample(self, rng: Rng) -> Draw:
+        from scipy.special import ndtri
+
+        u = float(rng.uniform(1)[0])
+        x = self.loc + self.scale * float(ndtri(min(max(u, 1e-300), 1 - 1e-16)))
+        return Draw(x, self._log_prob(x))
+
+    def _log_prob(self, x: float) -> float:
+        z = (x - self.loc) / self.scale
+        return -0.5 * z * z - math.log(self.scale) - 0.5 * math.log(2 * math.pi)
+
+    async def log_prob(self, value: Any) -> float:
+        return self._log_prob(float(value))
 
 
 def _scalar(x: Any) -> Any:

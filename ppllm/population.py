@@ -116,7 +116,7 @@ class Trajectory:
 class Move(Protocol):
     """An MCMC kernel on particles: `ppllm.kernels.mh` builds them."""
 
-    def __call__(self, population: Population, engine: Engine, rng: Rng, t: int) -> Any: ...
+    def __call__(self, population: Population, engine: Engine, rng: Rng, t: int, horizon: int | None) -> Any: ...
 
 
 @dataclass
@@ -141,6 +141,24 @@ class Population:
             log_w=np.zeros(n, dtype=np.float64),
             ancestors=np.arange(n),
             history=[None] * n if store_history else None,
+            initial=program,
+        )
+
+    @classmethod
+    def from_paths(cls, program: Program, paths: Sequence[Trajectory]) -> Population:
+        """A population (with history) whose particle i has followed `paths[i]` from `program`."""
+        history: list[History | None] = []
+        for path in paths:
+            node: History | None = None
+            for state, inc in zip(path.states[1:], path.log_incs, strict=True):
+                node = History(state, float(inc), node)
+            history.append(node)
+        n = len(paths)
+        return cls(
+            programs=[path.final.clone() for path in paths],
+            log_w=np.zeros(n, dtype=np.float64),
+            ancestors=np.arange(n),
+            history=history,
             initial=program,
         )
 
@@ -242,17 +260,19 @@ class Population:
         self.select(A, reset_weights=True)
         return A
 
-    def move(self, kernel: Move, engine: Engine, rng: Rng, t: int) -> Any:
+    def move(self, kernel: Move, engine: Engine, rng: Rng, t: int, horizon: int | None = None) -> Any:
         """Apply an MCMC kernel to every particle; its LM work is batched across particles.
 
-        Returns the kernel's info (acceptance rates, ...). Weights are left as they are.
+        `horizon`: the number of steps the population has run (None: complete traces). The
+        kernel targets the population's current target π_t; weights are left as they are.
+        Returns the kernel's info (acceptance, ...).
         """
         if self.history is None:
             raise ValueError(
                 "moves need each particle's recorded path: spawn the population with "
                 "store_history=True"
             )
-        return kernel(self, engine, rng, t)
+        return kernel(self, engine, rng, t, horizon)
 
     def collapse(self, rng: Rng) -> tuple[Program | None, float]:
         """One particle drawn ∝ W together with log Ẑ; (None, −inf) if every weight is zero.

@@ -26,6 +26,7 @@ from .distributions import Distribution, Draw, as_distribution
 from .rng import Rng
 
 __all__ = [
+    "REDRAW",
     "Program",
     "Choice",
     "Shared",
@@ -41,6 +42,16 @@ class ProgramError(RuntimeError):
 
 class WeightError(ValueError):
     """A primitive produced a NaN (or otherwise invalid) log-weight."""
+
+
+class _Redraw:
+    """Marks a replayed address whose value is drawn afresh from the site's own distribution."""
+
+    def __repr__(self) -> str:
+        return "REDRAW"
+
+
+REDRAW = _Redraw()
 
 
 class Shared:
@@ -59,6 +70,7 @@ class Choice:
     log_p: float
     log_q: float
     kind: str = "sample"  # "sample" or "observe"
+    latent: bool = False  # drawn from an ordinary (non-LM) distribution: a site MH can move
 
 
 @dataclass(frozen=True)
@@ -171,9 +183,14 @@ class Program:
         if pp.replay is not None and addr in pp.replay:
             # Replaying a recorded trace: the value is given, so the weight is its density.
             value = pp.replay[addr]
+            if value is REDRAW:  # a fresh draw from p itself (not from any proposal): weight += 0
+                draw = await d.sample(self.rng)
+                log_p = self._check_draw(draw, addr, d)
+                self._record(Choice(addr, draw.value, log_p, log_p, latent=not d.is_lm))
+                return draw.value
             log_p = await d.log_prob(value)
             self._check_log_p(log_p, addr, d)
-            self._record(Choice(addr, value, log_p, 0.0))
+            self._record(Choice(addr, value, log_p, 0.0, latent=not d.is_lm))
             self._add(log_p, f"sample at {addr!r} ({type(d).__name__}, replayed)")
             return value
         if proposal is None:
@@ -186,7 +203,7 @@ class Program:
             known = d.log_prob_from_draw(draw)
             log_p = known if known is not None else await d.log_prob(draw.value)
             self._check_log_p(log_p, addr, d)
-        self._record(Choice(addr, draw.value, log_p, log_q))
+        self._record(Choice(addr, draw.value, log_p, log_q, latent=not d.is_lm))
         self._add(log_p - log_q if log_p != -math.inf else -math.inf, f"sample at {addr!r}")
         return draw.value
 

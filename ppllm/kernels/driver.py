@@ -25,10 +25,13 @@ import numpy as np
 
 from .._warn import warn
 from ..engine import Engine
+from ..results.chains import Chains
 from ..results.diagnostics import StepInfo, Steps
 from ..results.posterior import Posterior
 
-__all__ = ["KernelState", "Output", "budget_of", "check_count", "loop", "population_output", "run_kernel"]
+__all__ = [
+    "KernelState", "Output", "budget_of", "check_count", "loop", "population_output", "run_chains", "run_kernel",
+]
 
 S = TypeVar("S", bound="KernelState")
 
@@ -135,6 +138,50 @@ def run_kernel(
         diagnostics=diagnostics,
         extras=out.extras,
     )
+
+
+def run_chains(
+    name: str,
+    state: Any,
+    step: Callable[[Any], tuple[Any, Any]],
+    draws: Callable[[Any], list[Any]],
+    stats: Callable[[Any], dict[str, np.ndarray]],
+    *,
+    engine: Engine,
+    burn_in: int,
+    thin: int,
+    config: dict[str, Any],
+    progress: bool = False,
+    extras: Callable[[Any], dict[str, Any]] | None = None,
+) -> Chains:
+    """Run an MCMC state (every chain at once) for `state.n_draws` iterations; collect `Chains`.
+
+    `draws(state)` gives each chain's current draw, `stats(info)` each chain's per-draw
+    figures; the first `burn_in` iterations are dropped and every `thin`-th one is kept.
+    """
+    start = time.perf_counter()
+    kept: list[tuple[list[Any], dict[str, np.ndarray]]] = []
+    bar = _progress(progress, name, config)
+
+    def stepped(s: Any) -> tuple[Any, Any]:
+        s, info = step(s)
+        if s.t > burn_in and (s.t - burn_in) % thin == 0:
+            kept.append((draws(s), stats(info)))
+        if bar is not None:
+            bar.update(1)
+        return s, info
+
+    try:
+        state, _ = loop(state, stepped, state.n_draws)
+    finally:
+        if bar is not None:
+            bar.close()
+    n_chains = len(kept[0][0]) if kept else 0
+    samples = [[d[c] for d, _ in kept] for c in range(n_chains)]
+    names = kept[0][1].keys() if kept else []
+    table = {k: [[float(st[k][c]) for _, st in kept] for c in range(n_chains)] for k in names}
+    return Chains(samples=samples, stats=table, kernel=name, config=config,
+                  budget=budget_of(engine, start), extras=extras(state) if extras else {})
 
 
 def check_count(name: str, value: Any) -> int:

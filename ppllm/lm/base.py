@@ -253,6 +253,8 @@ class LM(Shared):
 class _Sampling:
     """Settings shared by LM distributions: how raw log-probabilities become a proposal."""
 
+    is_lm = True
+
     def __init__(self, lm: LM, ctx: Context, temperature: float, mask, top_p: float | None):
         if not isinstance(ctx, Context):
             raise TypeError(f"expected a Context (lm.context(prompt)), got {type(ctx).__name__}")

@@ -6,11 +6,13 @@ right and the exact tests assert that it is caught.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 
+from ..kernels.mh import SuffixMH
 from ..kernels.particle_gibbs import csmc_step as _csmc_step  # unpatched, for the twin below
 from ..kernels.selection import recorded_score
 from ..population import Population, logmeanexp, normalise
@@ -19,6 +21,9 @@ from .toys import NoRepeat
 
 __all__ = [
     "NoRepeatWithoutCorrection",
+    "SuffixMHIgnoringLength",
+    "SuffixMHWithoutCorrection",
+    "SuffixMHWithoutFactors",
     "csmc_step_unpinned",
     "importance_finish_geometric",
     "patched",
@@ -87,3 +92,25 @@ def importance_finish_geometric(state, infos):
     pop = state.population
     log_Z = float(np.mean(pop.log_w)) if np.all(np.isfinite(pop.log_w)) else float(np.max(pop.log_w))
     return Output(pop.programs, pop.log_w, log_Z)
+
+
+class SuffixMHIgnoringLength(SuffixMH):
+    """BROKEN: suffix regeneration without the correction for the change of length."""
+
+    def selection_log_ratio(self, k: int, length: int, new_length: int) -> float:
+        return 0.0
+
+
+class SuffixMHWithoutFactors(SuffixMH):
+    """BROKEN: weighs the regenerated suffix by its choices' log p − log q alone, forgetting
+    the factors and the twists the steps applied."""
+
+    def suffix_weight(self, log_incs, program, n_prefix: int) -> float:
+        return math.fsum(c.log_p - c.log_q for c in program.trace[n_prefix:] if c.kind == "sample")
+
+
+class SuffixMHWithoutCorrection(SuffixMH):
+    """BROKEN: weighs the regenerated suffix by γ instead of γ/q: the proposal correction is left out."""
+
+    def suffix_weight(self, log_incs, program, n_prefix: int) -> float:
+        return math.fsum(log_incs) + math.fsum(c.log_q for c in program.trace[n_prefix:])
