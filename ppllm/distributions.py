@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,9 @@ class Bernoulli(Categorical):
         super().__init__([1.0 - p, p], values=[False, True])
 
 
+_STD_NORMAL = NormalDist()
+
+
 class Normal(Distribution):
     """A univariate Gaussian, drawn by inverse CDF from the particle's uniform (no torch)."""
 
@@ -97,10 +101,9 @@ class Normal(Distribution):
         self.loc, self.scale = float(loc), float(scale)
 
     async def sample(self, rng: Rng) -> Draw:
-        from scipy.special import ndtri
-
-        u = float(rng.uniform(1)[0])
-        x = self.loc + self.scale * float(ndtri(min(max(u, 1e-300), 1 - 1e-16)))
+        draw = getattr(rng, "random", None)
+        u = draw() if draw is not None else float(rng.uniform(1)[0])
+        x = self.loc + self.scale * _STD_NORMAL.inv_cdf(min(max(u, 1e-300), 1 - 1e-16))
         return Draw(x, self._log_prob(x))
 
     def _log_prob(self, x: float) -> float:

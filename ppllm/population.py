@@ -48,6 +48,7 @@ __all__ = [
     "ess",
     "logmeanexp",
     "normalise",
+    "path_of",
 ]
 
 
@@ -111,6 +112,16 @@ class Trajectory:
     def log_weight(self) -> float:
         """Σ of the increments: log γ_t(x) − log q_t(x) of the path (twists included)."""
         return float(math.fsum(self.log_incs)) if self.log_incs else 0.0
+
+
+def path_of(node: History | None, initial: Program) -> Trajectory:
+    """The Trajectory that ends at history `node`, starting from `initial`."""
+    states, incs = [], []
+    while node is not None:
+        states.append(node.state)
+        incs.append(node.log_inc)
+        node = node.parent
+    return Trajectory((initial, *states[::-1]), tuple(incs[::-1]))
 
 
 class Move(Protocol):
@@ -208,11 +219,8 @@ class Population:
         live = [i for i, p in enumerate(self.programs) if not p.finished and i not in skip]
         inc = np.zeros(self.n, dtype=np.float64)
         if live:
-            got = engine.step(
-                [self.programs[i] for i in live],
-                [rng.child("step", t, "slot", i) for i in live],
-                t,
-            )
+            step_rng = rng.child("step", t)  # = rng.child("step", t, "slot", i) below, keyed once
+            got = engine.step([self.programs[i] for i in live], [step_rng.child("slot", i) for i in live], t)
             inc[live] = got
             self.log_w[live] += got
             if self.history is not None:
@@ -290,11 +298,4 @@ class Population:
         """Particle i's path from the initial program (needs `store_history=True`)."""
         if self.history is None:
             raise ValueError("this population does not keep paths (spawn it with store_history=True)")
-        states, incs = [], []
-        node = self.history[i]
-        while node is not None:
-            states.append(node.state)
-            incs.append(node.log_inc)
-            node = node.parent
-        start = self.initial if self.initial is not None else self.programs[i]
-        return Trajectory((start, *states[::-1]), tuple(incs[::-1]))
+        return path_of(self.history[i], self.initial if self.initial is not None else self.programs[i])

@@ -255,7 +255,7 @@ def test_console_entry_point_shows_no_traceback(tmp_path) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
         "error: kernel.name: unknown kernel 'mcmc-magic' (known: smc, particle_filter, particle_gibbs, importance, "
-        "best_of_n, weighted_best_of_n, majority_vote, beam_search, dvts)"
+        "best_of_n, weighted_best_of_n, majority_vote, beam_search, dvts, mh, resample_move, pmmh)"
     )
 
 

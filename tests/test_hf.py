@@ -243,7 +243,7 @@ def test_logprobs_are_float64_distributions(tiny):
 # ---------------------------------------------------------------------- SMC end to end
 def _run(lm, seed):
     ctx = lm.context(PROMPT)
-    post = ppllm.smc(_Extend(lm, ctx, len(ctx) + 8), 8, seed=seed, ess_threshold=0.5)
+    post = ppllm.smc(_Extend(lm, ctx, len(ctx) + 24), 8, seed=seed, ess_threshold=0.5)
     return [p.ctx.tokens for p in post.particles], post.log_weights.copy(), post.log_Z
 
 

@@ -127,7 +127,7 @@ def test_genealogy_of_a_real_run_matches_its_resampling_record() -> None:
     assert G.shape == (len(post.steps) + 1, 6)
     for k, s in enumerate(post.steps, start=1):
         assert np.array_equal(G[k - 1], np.asarray(s.ancestors)[G[k]])
-    assert post.resampled.all()
+    assert post.resampled[:-1].all()  # every step but possibly the last (once all have finished)
     assert post.n_lineages()[-1] == 6 and post.n_lineages()[0] <= 6
 
 

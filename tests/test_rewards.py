@@ -224,10 +224,10 @@ def step_score(prompt, steps):
 def test_prm_requests_of_one_round_are_one_score_batch_call():
     prm = CountingPRM(step_score)
     # One-token steps: every particle asks the LM once, then the PRM, in the same rounds.
-    progs = [MathReasoning(TOY, prm, "", max_step_tokens=1, max_steps=3) for _ in range(16)]
+    progs = [MathReasoning(TOY, prm, "", max_step_tokens=1, max_steps=3) for _ in range(32)]
     rng = SeededRng(3)
     engine = Engine()
-    engine.step(progs, [rng.child("step", 0, "slot", i) for i in range(16)], 0)
+    engine.step(progs, [rng.child("step", 0, "slot", i) for i in range(32)], 0)
     distinct = {tuple(p.steps) for p in progs}
     assert prm.calls == [len(distinct)] and len(distinct) > 1
     assert all(p.prefix_score == pytest.approx(step_score("", p.steps)[-1]) for p in progs)

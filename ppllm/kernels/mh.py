@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import Engine
-from ..population import History, Population, Trajectory
+from ..population import History, Population, Trajectory, path_of
 from ..program import REDRAW, Program, replay
 from ..results.chains import Chains
 from ..rng import Rng, as_rng
@@ -204,7 +204,7 @@ class SuffixMH:
                         self.max_steps if horizon is None else horizon, self.max_steps)
         accepted = np.zeros(pop.n, dtype=bool)
         for j, (i, k, tr) in enumerate(zip(movable, ks, trajs, strict=True)):
-            new_traj = _trajectory(props.paths[j], pop.initial or tr.states[0])
+            new_traj = path_of(props.paths[j], pop.initial or tr.states[0])
             if horizon is not None and props.programs[j].finished:
                 continue  # an intermediate move keeps unfinished paths unfinished (see _movable)
             n_prefix = tr.states[k]._pp.n_choices
@@ -339,9 +339,9 @@ class SiteMH:
 
 
 def _std_normal(rng: Rng) -> float:
-    from scipy.special import ndtri
+    from statistics import NormalDist
 
-    return float(ndtri(min(max(float(rng.uniform(1)[0]), 1e-300), 1 - 1e-16)))
+    return NormalDist().inv_cdf(min(max(float(rng.uniform(1)[0]), 1e-300), 1 - 1e-16))
 
 
 def _ratio(new: float, old: float) -> float:
@@ -349,15 +349,6 @@ def _ratio(new: float, old: float) -> float:
     if old == -math.inf:
         return 0.0
     return new - old
-
-
-def _trajectory(node: History | None, initial: Program) -> Trajectory:
-    states, incs = [], []
-    while node is not None:
-        states.append(node.state)
-        incs.append(node.log_inc)
-        node = node.parent
-    return Trajectory((initial, *states[::-1]), tuple(incs[::-1]))
 
 
 MOVES = {"suffix": SuffixMH, "independent": IndependentMH, "site": SiteMH}
