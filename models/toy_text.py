@@ -5,11 +5,11 @@ State
     `n_banned`  how many banned tokens were generated
 
 Step t
-    x_t ~ p_LM(· | ctx); a banned token adds the factor exp(`penalty`). The particle finishes
-    on EOS or after `max_tokens` new tokens.
+    x_t ~ p_LM(· | ctx) at `temperature` (1: the LM itself); a banned token adds the factor
+    exp(`penalty`). The particle finishes on EOS or after `max_tokens` new tokens.
 
 Target
-    π(x) ∝ p_LM(x) · exp(penalty · #banned(x)); with penalty = −inf the LM conditioned on
+    π(x) ∝ p_LM,T(x) · exp(penalty · #banned(x)); with penalty = −inf the LM conditioned on
     never producing the banned token (a toy lipogram). `answer` is the generated text;
     `prefix_score` = exp(penalty · #banned so far) ∈ [0, 1] is the score that PRM-driven
     kernels (particle filter, best-of-N, beam search) read.
@@ -35,6 +35,7 @@ class ToyText(ppllm.Program):
         max_tokens: int = 4,
         banned: str = "a",
         penalty: float = -1.0,
+        temperature: float = 1.0,
     ):
         self.lm = lm
         self.prompt = prompt
@@ -43,10 +44,11 @@ class ToyText(ppllm.Program):
         self.max_tokens = max_tokens
         self.banned = lm.index.get(banned) if isinstance(lm, ToyLM) else None
         self.penalty = float(penalty)
+        self.temperature = float(temperature)  # a parameter PMMH can learn (toy_pmmh.toml)
         self.n_banned = 0
 
     async def step(self) -> None:
-        tok = await self.sample(self.lm.next_token(self.ctx))
+        tok = await self.sample(self.lm.next_token(self.ctx, temperature=self.temperature))
         if tok == self.banned:
             self.n_banned += 1
             self.factor(self.penalty)

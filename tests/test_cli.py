@@ -42,6 +42,9 @@ def small(recipe: Path) -> list[str]:
             out.append("kernel.beam_width=2")
     if "n_iterations" in kernel:
         out.append("kernel.n_iterations=2")
+    for key, value in (("n_chains", 2), ("n_draws", 3), ("burn_in", 0)):
+        if key in kernel:
+            out.append(f"kernel.{key}={value}")
     args = load_recipe(recipe).program_args
     if "max_tokens" in args:
         out.append("program.args.max_tokens=3")
@@ -108,6 +111,10 @@ def test_recipe_runs_end_to_end_and_its_netcdf_matches(recipe: Path, tmp_path, c
         chains = az.from_netcdf(str(out / "prompt-000" / "chains.nc"))["posterior"]
         assert dict(chains.sizes) == {"chain": recipe_obj.repeats, "draw": 2}  # one reference per sweep
         assert list(chains.data_vars) == ["reference"]
+    if recipe_obj.kernel_name in ("mh", "pmmh"):  # MCMC: the chains, with acceptance, beside the pooled draws
+        chains = az.from_netcdf(str(out / "prompt-000" / "chains.nc"))
+        assert dict(chains["posterior"].sizes) == {"chain": 2, "draw": 3}
+        assert "accepted" in chains["sample_stats"]
     # the copied recipe runs again to the same results
     again = load_recipe(out / "recipe.toml")
     assert again.kernel_options.keys() == recipe_obj.kernel_options.keys()

@@ -54,9 +54,11 @@ def step(
     rates = []
     for j in range(n_moves):
         moved = pop.move(move, engine, rng.child("move", info.t, j), info.t, horizon=state.t)
-        rates.append(moved.rate)
-    info.extra.update(acceptance=float(sum(rates) / len(rates)), distinct_before=float(before),
-                      distinct_after=float(distinct_particles(pop)))
+        if moved.moved:  # finished particles are not moved: no acceptance to report
+            rates.append(moved.rate)
+    if rates:
+        info.extra["acceptance"] = float(sum(rates) / len(rates))
+    info.extra.update(distinct_before=float(before), distinct_after=float(distinct_particles(pop)))
     return state, info
 
 

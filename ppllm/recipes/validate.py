@@ -52,6 +52,7 @@ INJECTED = ("lm", "prm", "reward")  # program arguments the runner supplies itse
 COUNTS = ("n_particles", "budget", "n_iterations", "beam_width", "n_moves", "n_chains", "n_draws",
           "n_iter", "iterations", "n_samples", "group_size", "window")
 RESERVED_VARIABLES = ("text", "log_weight", "particle", "correct")
+DISTRIBUTION_TABLES = {"priors", "proposal_dists"}  # kernel options that map names to distributions
 NOT_OPTIONS = ("program", "seed", "rng", "engine", "progress")
 
 
@@ -301,6 +302,8 @@ def _kernel(table: Any, base: Path) -> tuple[str, Callable[..., Any], dict[str, 
             raise RecipeError("kernel.resampler", f"unknown resampler {options['resampler']!r} (known: {known})")
     for key in callables & set(options):
         options[key] = callable_option(f"kernel.{key}", options[key], base)
+    for key in DISTRIBUTION_TABLES & set(options):
+        options[key] = distribution_table(f"kernel.{key}", options[key])
     return name, fn, options
 
 
@@ -310,6 +313,9 @@ def _options_model(name: str, params: dict[str, inspect.Parameter], skip: set[st
     fields: dict[str, Any] = {}
     for key, p in list(params.items())[1:]:
         if key in NOT_OPTIONS or key in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if key in DISTRIBUTION_TABLES:
+            fields[key] = (Any, ... if p.default is inspect.Parameter.empty else p.default)
             continue
         default = p.default
         if key == "resampler":
@@ -450,6 +456,34 @@ def callable_option(name: str, value: Any, base: Path | None = None) -> Callable
     if not value.isidentifier():
         raise RecipeError(name, f"must be an attribute name or 'module:function', got {value!r}")
     return Attr(value)
+
+
+def distribution_table(where: str, table: Any) -> dict[str, Any]:
+    """{name = "Uniform(0.5, 2.0)", ...} → pyro distributions (float64 parameters)."""
+    if not isinstance(table, dict) or not table:
+        raise RecipeError(where, 'must be a table of distributions, e.g. { temperature = "Uniform(0.5, 2.0)" }')
+    return {k: parse_distribution(f"{where}.{k}", v) for k, v in table.items()}
+
+
+def parse_distribution(where: str, spec: Any) -> Any:
+    """"Normal(0, 1)" → pyro.distributions.Normal(0., 1.) with float64 tensors."""
+    import ast
+    import re
+
+    m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*", spec) if isinstance(spec, str) else None
+    if m is None:
+        raise RecipeError(where, f'must be a distribution like "Normal(0.0, 1.0)", got {spec!r}')
+    import pyro.distributions as pdist
+    import torch
+
+    cls = getattr(pdist, m.group(1), None)
+    if not isinstance(cls, type):
+        raise RecipeError(where, f"pyro.distributions has no distribution {m.group(1)!r}")
+    try:
+        args = ast.literal_eval(f"({m.group(2)},)") if m.group(2).strip() else ()
+        return cls(*[torch.tensor(float(a), dtype=torch.float64) for a in args])
+    except (ValueError, TypeError, SyntaxError) as e:
+        raise RecipeError(where, f"cannot build {spec!r}: {e}") from None
 
 
 def _signature(fn: Any) -> dict[str, inspect.Parameter] | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..program import Program
 from ..recipes import Recipe, RecipeError, build_lm, build_program, build_reward, dump_recipe
 from ..results import Chains, Posterior, json_value, to_arviz
 from .report import same_answer, write_report
@@ -45,8 +46,10 @@ def run_prompt(recipe: Recipe, i: int, lm: Any, reward: Any, progress: bool = Fa
             post = recipe.kernel_fn(program, seed=run_seed(recipe, i, r), **opts)
         except ValueError as e:  # kernels reject bad option values (and combinations) this way
             raise RecipeError("kernel", f"{recipe.kernel_name}: {e}") from None
-        if isinstance(post, Chains):
-            post = post.as_posterior()
+        if isinstance(post, Chains):  # MCMC: the pooled draws as the posterior, the chains kept
+            chains = post
+            post = chains.as_posterior()
+            post.extras["chains"] = chains
         if not isinstance(post, Posterior):
             raise RecipeError("kernel.name", f"{recipe.kernel_name} returned {type(post).__name__}, not a Posterior")
         runs.append(post)
@@ -101,7 +104,8 @@ def run_recipe(
             idata.to_netcdf(str(pdir / "posterior.nc"))
             chains = chains_of(runs)
             if chains is not None:
-                chains.to_arviz().to_netcdf(str(pdir / "chains.nc"))
+                chain_vars = variables if chains.samples and isinstance(chains.samples[0][0], Program) else None
+                chains.to_arviz(chain_vars).to_netcdf(str(pdir / "chains.nc"))
     finally:
         jsonl.close()
         if bar is not None:

@@ -17,6 +17,7 @@ from ..kernels.particle_gibbs import csmc_step as _csmc_step  # unpatched, for t
 from ..kernels.selection import recorded_score
 from ..population import Population, logmeanexp, normalise
 from ..resampling import get_resampler, multinomial
+from ..tree import SearchTree
 from .toys import NoRepeat
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "SuffixMHIgnoringLength",
     "SuffixMHWithoutCorrection",
     "SuffixMHWithoutFactors",
+    "TreeChoosingWithoutMultiplicity",
+    "backup_value_unweighted",
     "csmc_step_unpinned",
     "importance_finish_geometric",
     "patched",
@@ -114,3 +117,24 @@ class SuffixMHWithoutCorrection(SuffixMH):
 
     def suffix_weight(self, log_incs, program, n_prefix: int) -> float:
         return math.fsum(log_incs) + math.fsum(c.log_q for c in program.trace[n_prefix:])
+
+
+def backup_value_unweighted(children, rule="soft", weighting="multiplicity"):
+    """BROKEN: the soft backup as a plain mean over the distinct children, ignoring how often
+    each was drawn (their multiplicity), as if every merged child had been drawn once."""
+    values = np.array([c.value for c in children], dtype=np.float64)
+    if rule == "max":
+        return float(values.max())
+    top = float(values.max())
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(float(np.mean(np.exp(values - top))))
+
+
+class TreeChoosingWithoutMultiplicity(SearchTree):
+    """BROKEN: samples children ∝ exp(ℓ_c), leaving out their multiplicity n_c."""
+
+    def choose(self, node, rng):
+        children = list(node.children.values())
+        logits = np.array([c.value for c in children])
+        return children[int(rng.categorical(np.exp(logits - logits.max())))]
