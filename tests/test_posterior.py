@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import xarray as xr
-from ppllm_models.toy_text import ToyText
 
 import ppllm
 from ppllm.population import DegenerateWeights
@@ -24,6 +23,7 @@ from ppllm.results import (
     variable_array,
 )
 from ppllm.testing.toys import TOKEN_LM, NoRepeat
+from ppllm_models.toy_text import ToyText
 
 
 def hand_built(values, weights, **kw) -> Posterior:

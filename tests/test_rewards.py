@@ -9,12 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ppllm_models.math_reasoning import (
-    MathReasoning,
-    arith_answer,
-    arith_prompt,
-    boxed_answer,
-)
 
 import ppllm
 from ppllm.engine import Engine
@@ -36,6 +30,12 @@ from ppllm.rewards import (
 from ppllm.rng import SeededRng
 from ppllm.tasks.arith import ExactArithVerifier, roc_auc
 from ppllm.tasks.arith import data as arith_data
+from ppllm_models.math_reasoning import (
+    MathReasoning,
+    arith_answer,
+    arith_prompt,
+    boxed_answer,
+)
 
 Q = "Q: 37+48+19=\n"
 

@@ -277,7 +277,8 @@ def _kernel(table: Any, base: Path) -> tuple[str, Callable[..., Any], dict[str, 
         if key in options:
             raise RecipeError(f"kernel.{key}", "set the seed in [run] seed")
     params = _signature(fn) or {}
-    callables = {k for k, p in params.items() if callable(p.default) and not isinstance(p.default, type)}
+    callables = {k for k, p in params.items()
+                 if (callable(p.default) and not isinstance(p.default, type)) or k.endswith("_fn")}
     checked = _options_model(name, params, callables)
     plain = {k: v for k, v in options.items() if k not in callables}
     try:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .posterior import Posterior, particle_text
 
-__all__ = ["plot_answers", "plot_diagnostics", "plot_genealogy", "plot_scaling", "plot_all"]
+__all__ = ["plot_answers", "plot_diagnostics", "plot_genealogy", "plot_scaling", "plot_tree", "plot_all"]
 
 
 def _plt():
@@ -137,6 +137,70 @@ def plot_scaling(results: Mapping[str, Any] | str | Path, path: str | Path, metr
     ax.grid(alpha=0.3)
     ax.set_title(f"{metric} vs budget")
     return _save(fig, path)
+
+
+def plot_tree(tree: Any, path: str | Path, max_depth: int = 3, max_children: int = 6,
+              label: Callable[[Any], str] | None = None) -> Path:
+    """The top levels of a search tree (`ppllm.tree.SearchTree`): node area ∝ visits, colour =
+    value v̂ = ℓ/λ, edge width ∝ multiplicity; each node labelled with its step's text.
+
+    At most `max_children` children per node are drawn (the most visited); the title says
+    how many nodes were left out.
+    """
+    plt = _plt()
+    import matplotlib
+    from matplotlib import cm, colors
+
+    label = label or (lambda node: _step_text(node))
+    layers: list[list[Any]] = [[tree.root]]
+    for _ in range(max_depth):
+        nxt = []
+        for node in layers[-1]:
+            kids = sorted(node.children.values(), key=lambda c: -c.visits)[:max_children]
+            nxt.extend(kids)
+        if not nxt:
+            break
+        layers.append(nxt)
+    pos = {}
+    for d, layer in enumerate(layers):
+        for i, node in enumerate(layer):
+            pos[id(node)] = ((i + 0.5) / len(layer), -d)
+    values = [n.value / tree.lam for layer in layers for n in layer if np.isfinite(n.value)]
+    norm = colors.Normalize(vmin=min(values, default=0.0), vmax=max(values, default=1.0))
+    cmap = matplotlib.colormaps["viridis"]
+    width = max(6.0, 1.1 * max(len(layer) for layer in layers))
+    fig, ax = plt.subplots(figsize=(min(width, 18), 1.9 * len(layers) + 1))
+    top_visits = max(tree.root.visits, 1)
+    for layer in layers[1:]:
+        for node in layer:
+            (x0, y0), (x1, y1) = pos[id(node.parent)], pos[id(node)]
+            ax.plot([x0, x1], [y0, y1], color="0.6", lw=0.5 + 3 * node.count / max(node.parent.draws, 1), zorder=1)
+    shown = 0
+    for layer in layers:
+        for node in layer:
+            x, y = pos[id(node)]
+            v = node.value / tree.lam
+            ax.scatter([x], [y], s=40 + 900 * (node.visits / top_visits) ** 0.5, zorder=2,
+                       color=cmap(norm(v)) if np.isfinite(v) else "0.85", edgecolor="k" if node.terminal else "none")
+            ax.text(x, y - 0.22, label(node), ha="center", va="top", fontsize=7)
+            shown += 1
+    hidden = tree.n_nodes - shown
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.03, label="value v̂ = ℓ/λ")
+    ax.set_axis_off()
+    ax.set_title(f"search tree: {tree.n_nodes} nodes, {tree.root.visits} visits at the root"
+                 + (f" ({hidden} nodes not drawn)" if hidden > 0 else "") + "; area ∝ visits, black edge: finished")
+    return _save(fig, path)
+
+
+def _step_text(node: Any) -> str:
+    if node.parent is None:
+        return "root"
+    parts = []
+    for c in node.choices:
+        text = getattr(c.value, "text", None)
+        parts.append(text if text is not None else repr(c.value))
+    s = " ".join(parts).replace("\n", "⏎")
+    return (s[:18] + "…" if len(s) > 19 else s) + f"\n×{node.count}"
 
 
 def plot_all(post: Posterior, out_dir: str | Path, prefix: str = "", fn: Callable[[Any], Hashable] = particle_text) -> list[Path]:

@@ -102,6 +102,11 @@ def run_recipe(
                 selected = [json_value(p.extras["answer"]) for p in runs]
                 idata["posterior"].attrs["selected_answers"] = json.dumps(selected)
             idata.to_netcdf(str(pdir / "posterior.nc"))
+            state = runs[0].extras.get("state")
+            if getattr(state, "tree", None) is not None:  # tree kernels: a picture of run 0's tree
+                from ..results.plots import plot_tree
+
+                plot_tree(state.tree, pdir / "tree.png")
             chains = chains_of(runs)
             if chains is not None:
                 chain_vars = variables if chains.samples and isinstance(chains.samples[0][0], Program) else None
