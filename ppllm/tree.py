@@ -175,6 +175,16 @@ class SearchTree:
             raise ValueError("every child of this node has value zero (−inf): nothing to sample")
         return children[int(rng.categorical(np.exp(logits - top)))]
 
+    def select(self, widened: Callable[[Node], bool], descend: Callable[[Node, Rng], Node], rng: Rng) -> Node:
+        """Walk down from the root while the node is `widened` (by `descend`'s choice of child);
+        stop at a terminal, at a node that should draw again, or where every child is dead."""
+        node = self.root
+        while not node.terminal and node.children and widened(node):
+            if max(ch.value for ch in node.children.values()) == -math.inf:
+                break  # every child is dead so far: draw again from here
+            node = descend(node, rng)
+        return node
+
     def sample(self, rng: Rng) -> Node:
         """One complete path drawn by the sampling policy from the root; no LM calls."""
         node = self.root

@@ -149,14 +149,11 @@ def step(
     tree, it = state.tree, state.t
     r = rng.child("iter", it)
     before = tree.n_nodes
-    starts = []
-    for k in range(rollouts):
-        node, pick = tree.root, r.child("select", k)
-        while not node.terminal and node.children and fully_widened(node, c, alpha, branch_at):
-            if max(ch.value for ch in node.children.values()) == -math.inf:
-                break  # every child is dead so far: draw again from here
-            node = tree.choose(node, pick) if select == "sample" else uct_child(node, tree.lam, c_uct)
-        starts.append(node)
+    def descend(node: Node, pick: Rng) -> Node:
+        return tree.choose(node, pick) if select == "sample" else uct_child(node, tree.lam, c_uct)
+
+    starts = [tree.select(lambda n: fully_widened(n, c, alpha, branch_at), descend, r.child("select", k))
+              for k in range(rollouts)]
     for node in starts:  # states dropped by a reload are rebuilt before the batch starts
         tree.state_of(node, engine, r.child("replay", node.depth), max_steps)
     run = _Rollouts(list(starts), [r.child("rollout", k) for k in range(rollouts)], [0] * rollouts)
