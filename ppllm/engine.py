@@ -1,8 +1,9 @@
 """The engine: runs all live particles' `step()` together, batching their LM requests.
 
 Each particle's step is a coroutine. The engine advances every coroutine until it awaits
-a `Request`, groups the round's requests by backend, answers identical ones once, sends
-each answer back, and repeats until every step has returned. Particles are visited in
+a `Request`, groups the round's requests by backend, answers identical ones once (the
+backends of one round concurrently, each in its own thread), sends each answer back, and
+repeats until every step has returned. Particles are visited in
 slot order and draws come from per-particle streams, so results are independent of the
 batch size (`max_batch`) and of which other particles share a round.
 """
@@ -10,6 +11,7 @@ batch size (`max_batch`) and of which other particles share a round.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,24 +100,36 @@ class Engine:
                 slots_by_key[k] = []
                 unique.append(req)
             slots_by_key[k].append(s)
-        for backend, slots_by_key, unique in by_backend.values():
+        groups = list(by_backend.values())
+        for _, _, unique in groups:
             self.stats.unique_requests += len(unique)
             self.stats.tokens += sum(getattr(r, "tokens_cost", 0) for r in unique)
-            size = self.max_batch or len(unique)
-            results: list[Any] = []
-            for lo in range(0, len(unique), size):
-                batch = unique[lo : lo + size]
-                got = backend.evaluate(batch)
-                if len(got) != len(batch):
-                    raise RuntimeError(
-                        f"{type(backend).__name__}.evaluate returned {len(got)} answers "
-                        f"for {len(batch)} requests"
-                    )
-                results.extend(got)
-                self.stats.lm_calls += 1
-            for req, res in zip(unique, results, strict=True):
+        if len(groups) == 1:
+            results = [self._ask(groups[0][0], groups[0][2])]
+        else:  # several backends (a served LM and a PRM, say): answer them concurrently
+            with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+                results = list(pool.map(lambda g: self._ask(g[0], g[2]), groups))
+        for (_, slots_by_key, unique), (got, calls) in zip(groups, results, strict=True):
+            self.stats.lm_calls += calls
+            for req, res in zip(unique, got, strict=True):
                 for s in slots_by_key[req.key()]:
                     answers[s] = res
+
+    def _ask(self, backend: Any, unique: list[Request]) -> tuple[list[Any], int]:
+        """One backend's answers to its unique requests, in batches of at most `max_batch`."""
+        size = self.max_batch or len(unique)
+        results: list[Any] = []
+        calls = 0
+        for lo in range(0, len(unique), size):
+            batch = unique[lo : lo + size]
+            got = backend.evaluate(batch)
+            if len(got) != len(batch):
+                raise RuntimeError(
+                    f"{type(backend).__name__}.evaluate returned {len(got)} answers for {len(batch)} requests"
+                )
+            results.extend(got)
+            calls += 1
+        return results, calls
 
 
 def _at(t: int | None) -> str:

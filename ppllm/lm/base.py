@@ -1,10 +1,17 @@
 """The LM interface shared by every backend, and the LM distributions programs sample from.
 
-A backend implements one batched question, `logprobs(contexts)`: the next-token
-log-probabilities (float64) after each token sequence. Everything else — temperature,
-masks, top-p, chunks until a stop string — is built on it here, identically for every
-backend. Draws use the particle's own `Rng`, never the backend, so batching cannot
-change a result.
+A backend answers batched requests. The in-process backends implement one question,
+`logprobs(contexts)`: the next-token log-probabilities (float64) after each token sequence;
+everything else — temperature, masks, top-p, chunks until a stop string — is built on it
+here, identically for every backend, and draws use the particle's own `Rng`, so batching
+cannot change a result.
+
+A backend that samples on its side (a served LM: `chunk_requests = True`) is asked
+instead to *sample* a chunk: `SampleChunk` carries a seed drawn from the particle's own
+stream, so its answer is a deterministic function of the request, whatever else shares the
+batch. Every backend can answer it — the base implementation samples with that seed on the
+particle side of the backend, one batched `logprobs` call per position for all requests —
+and `ScoreTokens` asks for the log-probabilities of given tokens (for `observe` and replay).
 
 - `lm.next_token(ctx, temperature=, mask=, top_p=)` → a distribution over token ids
 - `lm.chunk(ctx, stop=, max_tokens=, ...)` → a distribution over `Chunk`s (token runs)
@@ -20,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +44,9 @@ __all__ = [
     "ChunkDistribution",
     "NextTokenLogprobs",
     "ContinuationLogprobs",
+    "ChunkSample",
+    "SampleChunk",
+    "ScoreTokens",
     "transform_logprobs",
 ]
 
@@ -107,6 +118,53 @@ class ContinuationLogprobs(Request):
         return ("cont", self.tokens, self.continuation)
 
 
+@dataclass(frozen=True)
+class ChunkSample:
+    """A chunk a backend sampled: its tokens, text, and log-probabilities.
+
+    `log_q`: under the distribution it was drawn from (tempered, truncated, masked);
+    `log_p`: under the model itself, when the backend knows it (None otherwise).
+    """
+
+    tokens: tuple[int, ...]
+    text: str
+    log_q: float
+    log_p: float | None
+
+
+class SampleChunk(Request):
+    """"Sample a chunk after `tokens` with these settings and this seed": deterministic in its key."""
+
+    __slots__ = ("backend", "tokens", "dist", "seed", "tokens_cost")
+
+    def __init__(self, lm: LM, tokens: tuple[int, ...], dist: ChunkDistribution, seed: int) -> None:
+        self.backend = lm
+        self.tokens = tokens
+        self.dist = dist
+        self.seed = int(seed)
+        self.tokens_cost = dist.max_tokens
+
+    def key(self) -> Hashable:
+        d = self.dist
+        mask = None if d.mask is None else hash(d.mask.tobytes())
+        return ("sample", self.tokens, d.stop, d.max_tokens, d.temperature, d.top_p, mask, self.seed)
+
+
+class ScoreTokens(Request):
+    """Log-probabilities, under the model, of each token of `continuation` after `tokens`."""
+
+    __slots__ = ("backend", "tokens", "continuation", "tokens_cost")
+
+    def __init__(self, lm: LM, tokens: tuple[int, ...], continuation: tuple[int, ...]) -> None:
+        self.backend = lm
+        self.tokens = tokens
+        self.continuation = continuation
+        self.tokens_cost = len(continuation)
+
+    def key(self) -> Hashable:
+        return ("score", self.tokens, self.continuation)
+
+
 def transform_logprobs(
     logprobs: np.ndarray,
     temperature: float = 1.0,
@@ -147,6 +205,9 @@ class LM(Shared):
     # Every token id that ends a generation (EOS plus end-of-turn tokens); None: {eos_token_id}.
     eos_token_ids: frozenset[int] | None = None
     name: str = "lm"
+    # True: chunks are sampled by the backend (`SampleChunk`), not token by token by the
+    # particle. Served LMs must; in-process ones may (one round per chunk instead of per token).
+    chunk_requests: bool = False
 
     def is_eos(self, token: int) -> bool:
         """True if `token` ends a generation (any of `eos_token_ids`)."""
@@ -173,22 +234,58 @@ class LM(Shared):
             k += len(cont)
         return out
 
-    def evaluate(self, requests: Sequence[Request]) -> list[np.ndarray]:
-        """Answer a round of requests: all next-token queries in one `logprobs` call."""
-        out: list[np.ndarray | None] = [None] * len(requests)
-        nxt = [(i, r) for i, r in enumerate(requests) if isinstance(r, NextTokenLogprobs)]
-        cont = [(i, r) for i, r in enumerate(requests) if isinstance(r, ContinuationLogprobs)]
-        if len(nxt) + len(cont) != len(requests):
-            bad = next(r for r in requests if not isinstance(r, NextTokenLogprobs | ContinuationLogprobs))
-            raise TypeError(f"{type(self).__name__} cannot answer {type(bad).__name__}")
-        if nxt:
-            for (i, _), lp in zip(nxt, self.logprobs([r.tokens for _, r in nxt]), strict=True):
-                out[i] = lp
-        if cont:
-            got = self.continuation_logprobs([(r.tokens, r.continuation) for _, r in cont])
-            for (i, _), lp in zip(cont, got, strict=True):
-                out[i] = lp
-        return out  # type: ignore[return-value]
+    def evaluate(self, requests: Sequence[Request]) -> list[Any]:
+        """Answer a round of requests: each kind in one batched call."""
+        out: list[Any] = [None] * len(requests)
+        kinds: dict[type, list[tuple[int, Request]]] = {}
+        for i, r in enumerate(requests):
+            kinds.setdefault(type(r), []).append((i, r))
+        for kind, items in kinds.items():
+            reqs = [r for _, r in items]
+            if kind is NextTokenLogprobs:
+                got: list[Any] = self.logprobs([r.tokens for r in reqs])  # type: ignore[attr-defined]
+            elif kind is ContinuationLogprobs:
+                got = self.continuation_logprobs([(r.tokens, r.continuation) for r in reqs])  # type: ignore[attr-defined]
+            elif kind is SampleChunk:
+                got = self.sample_chunks(reqs)  # type: ignore[arg-type]
+            elif kind is ScoreTokens:
+                got = self.score_tokens([(r.tokens, r.continuation) for r in reqs])  # type: ignore[attr-defined]
+            else:
+                raise TypeError(f"{type(self).__name__} cannot answer {kind.__name__}")
+            for (i, _), answer in zip(items, got, strict=True):
+                out[i] = answer
+        return out
+
+    def score_tokens(self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[np.ndarray]:
+        """For each (context, continuation): the model's log-probability of each token."""
+        rows = self.continuation_logprobs(pairs)
+        return [np.array([row[t] for row, t in zip(r, cont, strict=True)], dtype=np.float64)
+                for r, (_, cont) in zip(rows, pairs, strict=True)]
+
+    def sample_chunks(self, requests: Sequence[SampleChunk]) -> list[ChunkSample]:
+        """Sample each requested chunk with its own seed: one batched `logprobs` call per
+        position for every request still running (the particle-side draw, moved here)."""
+        from ..rng import SeededRng
+
+        rngs = [SeededRng(r.seed) for r in requests]
+        tokens: list[tuple[int, ...]] = [() for _ in requests]
+        log_q = [0.0] * len(requests)
+        log_p = [0.0] * len(requests)
+        live = list(range(len(requests)))
+        while live:
+            rows = self.logprobs([requests[i].tokens + tokens[i] for i in live])
+            still = []
+            for i, base in zip(live, rows, strict=True):
+                d = requests[i].dist
+                lq = d.transform(base)
+                tok = rngs[i].categorical(np.exp(lq))
+                log_q[i] += float(lq[tok])
+                log_p[i] += float(base[tok])
+                tokens[i] += (tok,)
+                if not d._stops_after(tokens[i]):
+                    still.append(i)
+            live = still
+        return [ChunkSample(t, self.decode(t), q, p) for t, q, p in zip(tokens, log_q, log_p, strict=True)]
 
     # ---------------------------------------------------------- tokenizer interface
     def encode(self, text: str) -> list[int]:
@@ -323,6 +420,16 @@ class ChunkDistribution(_Sampling, Distribution):
         return any(s in text for s in self.stop)
 
     async def sample(self, rng: Rng) -> Draw:
+        if self.lm.chunk_requests:
+            seeder = getattr(rng, "integer_seed", None)
+            if seeder is None:
+                raise TypeError(
+                    f"{self.lm.name} samples chunks on its side (from a seed), which the exact oracle "
+                    "cannot enumerate; set chunk_requests = False to enumerate token by token"
+                )
+            got: ChunkSample = await SampleChunk(self.lm, self.ctx.tokens, self, seeder())
+            extras = {"model_log_prob": got.log_p, "source": self._src()} if got.log_p is not None else {}
+            return Draw(Chunk(got.tokens, got.text), got.log_q, extras)
         tokens: tuple[int, ...] = ()
         log_q = log_p = 0.0
         while True:
@@ -343,6 +450,8 @@ class ChunkDistribution(_Sampling, Distribution):
             return -math.inf
         if any(self._stops_after(tokens[:i]) for i in range(1, len(tokens))):
             return -math.inf
+        if self.is_plain:  # the model's own probabilities: no full rows needed
+            return float(sum(await ScoreTokens(self.lm, self.ctx.tokens, tokens)))
         rows = await ContinuationLogprobs(self.lm, self.ctx.tokens, tokens)
         return float(sum(self.transform(row)[tok] for row, tok in zip(rows, tokens, strict=True)))
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ASSETS_DIR", "MODELS", "ModelInfo", "list_models", "load_judge", "load_lm", "resolve"]
+__all__ = ["ASSETS_DIR", "MODELS", "ModelInfo", "list_models", "load_judge", "load_lm", "load_served", "resolve"]
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
@@ -109,6 +109,17 @@ def load_lm(name_or_path: str | Path, **options: Any) -> Any:
         options.setdefault("name", key)
         options["stop_token_ids"] = [*options.get("stop_token_ids", ()), *info.stop_token_ids()]
     return HFLM.load(path, **options)
+
+
+def load_served(url: str, tokenizer: str | Path, **options: Any) -> Any:
+    """A `ServedLM` at `url` whose local tokenizer is a registered model's ("smollm2") or a path."""
+    from ..lm.served import ServedLM
+
+    key = str(tokenizer)
+    info = MODELS.get(key)
+    if info is not None:
+        options.setdefault("eos_token_ids", info.stop_token_ids())
+    return ServedLM(url, resolve(key), **options)
 
 
 def load_judge(model: str | Path = "smollm2", **options: Any) -> Any:
