@@ -23,6 +23,9 @@ from .recipes import RecipeError
 
 __all__ = ["main"]
 
+# run-time failures that are the environment's, not ppllm's: reported as one line (exit 1)
+USER_ERRORS = {"ServedLMError"}
+
 
 def _json_default(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else str(v)
@@ -145,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a served LM that failed, a kernel that could not finish
+        if args.debug or type(e).__name__ not in USER_ERRORS:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

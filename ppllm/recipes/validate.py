@@ -33,6 +33,7 @@ from .schema import (
     PromptsSection,
     RecipeError,
     RunSection,
+    ServedModelSection,
     ToyModelSection,
     describe,
     parse_section,
@@ -184,8 +185,19 @@ def validate(data: dict[str, Any], path: Path | None = None) -> Recipe:
 def _model(table: Any) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise RecipeError("model", f"must be a table ([model]), got {type(table).__name__}")
+    if "served" in table:
+        spec = parse_section(ServedModelSection, "model", table)
+        if not spec.served.startswith(("http://", "https://")):
+            raise RecipeError("model.served", f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got {spec.served!r}")
+        from .. import zoo
+
+        try:
+            zoo.resolve(spec.tokenizer)
+        except FileNotFoundError as e:
+            raise RecipeError("model.tokenizer", str(e)) from None
+        return {"lm": "served", **spec.model_dump(exclude_none=True)}
     if "lm" not in table:
-        raise RecipeError("model.lm", "missing")
+        raise RecipeError("model.lm", "missing (or give served = \"http://host:port/v1\")")
     if table["lm"] == "toy":
         return parse_section(ToyModelSection, "model", table).model_dump()
     from .. import zoo
