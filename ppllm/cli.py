@@ -34,12 +34,17 @@ def _json_default(v: Any) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from .recipes import load_recipe
     from .runs import run_recipe
+    from .runs.runner import Interrupted
 
     recipe = load_recipe(args.recipe, args.set or [])
     out = Path(args.out or recipe.out or Path("results") / Path(args.recipe).stem)
     quiet = args.quiet or args.json
     log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
-    result = run_recipe(recipe, out, progress=not quiet, log=log)
+    try:
+        result = run_recipe(recipe, out, progress=not quiet, log=log, overwrite=args.overwrite)
+    except Interrupted as stop:
+        print(f"{stop}: ppllm run {args.recipe} --out {out}", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result, default=_json_default))
     elif not args.quiet:
@@ -51,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .runs import write_report
 
-    result = write_report(args.dir)
+    result = write_report(args.dir, progress=not args.json, max_plots=None if args.plots == "all" else int(args.plots))
     if args.json:
         print(json.dumps(result, default=_json_default))
     else:
@@ -108,10 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="results directory (default: [run] out, else results/RECIPE)")
     r.add_argument("--quiet", action="store_true", help="no progress or summary")
     r.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    r.add_argument("--overwrite", action="store_true", help="clear --out first if it holds another run")
     r.set_defaults(fn=cmd_run)
     rep = sub.add_parser("report", help="regenerate summary and plots of a results directory")
     rep.add_argument("dir")
     rep.add_argument("--json", action="store_true")
+    rep.add_argument("--plots", default="16", help="per-prompt plots for the first N prompts, or 'all' (default 16)")
     rep.set_defaults(fn=cmd_report)
     d = sub.add_parser("demo", help="the demo (see README); other options go to the demo")
     d.set_defaults(fn=cmd_demo, passthrough=True)

@@ -10,6 +10,7 @@ batch size (`max_batch`) and of which other particles share a round.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .program import Program, ProgramError, WeightError, run_step
 from .request import Request
 from .rng import Rng
 
-__all__ = ["Engine", "EngineStats"]
+__all__ = ["Aborted", "Engine", "EngineStats", "SharedRounds", "answer_groups"]
 
 
 @dataclass
@@ -41,10 +42,11 @@ class EngineStats:
 class Engine:
     """Batches requests across particles. `max_batch` caps requests per backend call."""
 
-    def __init__(self, max_batch: int | None = None) -> None:
+    def __init__(self, max_batch: int | None = None, shared: SharedRounds | None = None) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
+        self.shared = shared  # rounds shared with other engines (one batched call serves all)
         self.stats = EngineStats()
 
     def step(self, programs: Sequence[Program], rngs: Sequence[Rng], t: int | None = None) -> np.ndarray:
@@ -104,32 +106,165 @@ class Engine:
         for _, _, unique in groups:
             self.stats.unique_requests += len(unique)
             self.stats.tokens += sum(getattr(r, "tokens_cost", 0) for r in unique)
-        if len(groups) == 1:
-            results = [self._ask(groups[0][0], groups[0][2])]
-        else:  # several backends (a served LM and a PRM, say): answer them concurrently
-            with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-                results = list(pool.map(lambda g: self._ask(g[0], g[2]), groups))
+        if self.shared is not None:
+            results = self.shared.answer([(g[0], g[2]) for g in groups])
+        else:
+            results = answer_groups([(g[0], g[2]) for g in groups], self.max_batch)
         for (_, slots_by_key, unique), (got, calls) in zip(groups, results, strict=True):
             self.stats.lm_calls += calls
             for req, res in zip(unique, got, strict=True):
                 for s in slots_by_key[req.key()]:
                     answers[s] = res
 
-    def _ask(self, backend: Any, unique: list[Request]) -> tuple[list[Any], int]:
-        """One backend's answers to its unique requests, in batches of at most `max_batch`."""
-        size = self.max_batch or len(unique)
-        results: list[Any] = []
-        calls = 0
-        for lo in range(0, len(unique), size):
-            batch = unique[lo : lo + size]
-            got = backend.evaluate(batch)
-            if len(got) != len(batch):
-                raise RuntimeError(
-                    f"{type(backend).__name__}.evaluate returned {len(got)} answers for {len(batch)} requests"
-                )
-            results.extend(got)
-            calls += 1
-        return results, calls
+
+
+def ask(backend: Any, unique: list[Request], max_batch: int | None = None) -> tuple[list[Any], int]:
+    """One backend's answers to its unique requests, in batches of at most `max_batch`."""
+    size = max_batch or len(unique)
+    results: list[Any] = []
+    calls = 0
+    for lo in range(0, len(unique), size):
+        batch = unique[lo : lo + size]
+        got = backend.evaluate(batch)
+        if len(got) != len(batch):
+            raise RuntimeError(
+                f"{type(backend).__name__}.evaluate returned {len(got)} answers for {len(batch)} requests"
+            )
+        results.extend(got)
+        calls += 1
+    return results, calls
+
+
+def answer_groups(groups: list[tuple[Any, list[Request]]], max_batch: int | None = None) -> list[tuple[list[Any], int]]:
+    """Each (backend, requests) group's answers; several backends answered concurrently."""
+    if len(groups) == 1:
+        return [ask(groups[0][0], groups[0][1], max_batch)]
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:  # e.g. a served LM and a PRM
+        return list(pool.map(lambda g: ask(g[0], g[1], max_batch), groups))
+
+
+class Aborted(RuntimeError):
+    """The shared rounds were abandoned (Ctrl-C, or another run failed)."""
+
+
+class SharedRounds:
+    """Lets several engines, each driving one kernel run in its own thread, share backend calls.
+
+    A run that needs answers hands its round's requests over and waits; once every run still
+    going is waiting, the requests of all of them go to each backend as one batch (identical
+    requests answered once) and every run gets its own answers back. Answers are a function of
+    each request alone, so every run's result is what it would be alone (up to the float
+    rounding of a backend's batched arithmetic).
+    """
+
+    def __init__(self, max_batch: int | None = None) -> None:
+        self.max_batch = max_batch
+        self._cv = threading.Condition()
+        self._active = 0
+        self._pending: dict[int, list[tuple[Any, list[Request]]]] = {}
+        self._results: dict[int, Any] = {}
+        self._aborted = False
+        self.calls = 0  # batched backend calls made
+        self.rows = 0  # unique requests they answered
+
+    def answer(self, groups: list[tuple[Any, list[Request]]]) -> list[tuple[list[Any], int]]:
+        me = threading.get_ident()
+        with self._cv:
+            if self._aborted:
+                raise Aborted("the shared rounds were abandoned")
+            self._pending[me] = groups
+            self._cv.notify_all()
+            while me not in self._results and not self._aborted:
+                self._cv.wait()
+            if self._aborted and me not in self._results:
+                raise Aborted("the shared rounds were abandoned")
+            got = self._results.pop(me)
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def run(self, jobs: Sequence[Any], on_done: Any = None) -> list[Any]:
+        """Run `jobs` (callables) in threads sharing rounds; return their results in order.
+
+        `on_done(index, result)` is called in this thread as each job finishes. An exception in
+        a job is returned as its result (the others go on).
+        """
+        results: list[Any] = [None] * len(jobs)
+        finished: list[int] = []
+
+        def work(k: int, job: Any) -> None:
+            try:
+                results[k] = job()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                results[k] = e
+            with self._cv:
+                self._active -= 1
+                finished.append(k)
+                self._cv.notify_all()
+
+        with self._cv:
+            self._active = len(jobs)
+        threads = [threading.Thread(target=work, args=(k, job), daemon=True) for k, job in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                with self._cv:
+                    while not finished and self._active and len(self._pending) < self._active:
+                        self._cv.wait()
+                    done, finished[:] = list(finished), []
+                    batch: dict[int, list[tuple[Any, list[Request]]]] = {}
+                    if self._active and len(self._pending) == self._active:  # every live run waits
+                        batch, self._pending = self._pending, {}
+                    over = self._active == 0 and not done
+                if on_done is not None:
+                    for k in sorted(done):
+                        on_done(k, results[k])
+                if batch:
+                    self._serve(batch)
+                if over:
+                    break
+        except BaseException:
+            with self._cv:
+                self._aborted = True
+                self._cv.notify_all()
+            for t in threads:
+                t.join(timeout=5)
+            raise
+        for t in threads:
+            t.join()
+        return results
+
+    def _serve(self, batch: dict[int, list[tuple[Any, list[Request]]]]) -> None:
+        """One call per backend for every waiting run's requests; answers handed back."""
+        merged: dict[int, tuple[Any, dict[Any, int], list[Request]]] = {}
+        for groups in batch.values():
+            for backend, reqs in groups:
+                _, index, unique = merged.setdefault(id(backend), (backend, {}, []))
+                for r in reqs:
+                    if r.key() not in index:
+                        index[r.key()] = len(unique)
+                        unique.append(r)
+        order = list(merged.values())
+        try:
+            answers = answer_groups([(b, u) for b, _, u in order], self.max_batch)
+        except BaseException as e:  # noqa: BLE001 - every waiting run gets the error
+            with self._cv:
+                for me in batch:
+                    self._results[me] = e
+                self._cv.notify_all()
+            return
+        by_backend = {id(b): (idx, got, calls) for (b, idx, _), (got, calls) in zip(order, answers, strict=True)}
+        self.calls += sum(calls for _, calls in answers)
+        self.rows += sum(len(u) for _, _, u in order)
+        with self._cv:
+            for me, groups in batch.items():
+                out = []
+                for backend, reqs in groups:
+                    idx, got, calls = by_backend[id(backend)]
+                    out.append(([got[idx[r.key()]] for r in reqs], calls))
+                self._results[me] = out
+            self._cv.notify_all()
 
 
 def _at(t: int | None) -> str:

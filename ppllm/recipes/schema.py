@@ -96,6 +96,7 @@ class RunSection(_Section):
     repeats: int = Field(1, gt=0)
     out: str | None = None
     variables: list[str] | None = None
+    window: int | None = Field(None, gt=0)  # prompt-rounds run together, sharing batched forwards
 
 
 def parse_section(model: type[_Section], name: str, data: Any) -> Any:

@@ -28,10 +28,19 @@ def _plt():
 
 
 def _save(fig: Any, path: str | Path) -> Path:
+    """Write the figure atomically (a temporary file renamed into place)."""
+    import os
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    finally:
+        _plt().close(fig)
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..recipes import RecipeError
+from .record import atomic_write
 
 __all__ = ["same_answer", "write_report"]
 
@@ -21,8 +22,15 @@ def same_answer(a: Any, b: Any) -> bool:
     return str(a).strip() == str(b).strip()
 
 
-def write_report(out: str | Path) -> dict[str, Any]:
-    """summary.md, results.json and the plots of a results directory, from its files alone."""
+PLOTTED_PROMPTS = 16  # per-prompt plots are drawn for this many prompts by default
+
+
+def write_report(out: str | Path, progress: bool = False, max_plots: int | None = PLOTTED_PROMPTS) -> dict[str, Any]:
+    """summary.md, results.json and the plots of a results directory, from its files alone.
+
+    Per-prompt plots (diagnostics, genealogy, answers) are drawn for the first `max_plots`
+    prompts (None: all); the summary says when some were left out.
+    """
     from ..results import load_arviz, posteriors_from_arviz
     from ..results.plots import plot_answers, plot_diagnostics, plot_genealogy
 
@@ -36,7 +44,16 @@ def write_report(out: str | Path) -> dict[str, Any]:
         lines += ["Recipe (as run):", "", "```toml", recipe_text.strip(), "```", ""]
     rows = []
     budget_total: dict[str, float] = {}
+    bar = None
+    if progress and len(pdirs) > 1:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pdirs), desc="writing plots and summary", unit="prompt", file=sys.stderr)
     for d in pdirs:
+        if bar is not None:
+            bar.update(1)
         idata = load_arviz(str(d / "posterior.nc"))
         posts = posteriors_from_arviz(idata)
         attrs = idata["posterior"].attrs
@@ -69,10 +86,12 @@ def write_report(out: str | Path) -> dict[str, Any]:
             "messages": [p.message for p in posts if p.message],
         }
         rows.append(row)
-        plot_diagnostics(first, d / "diagnostics.png")
-        plot_genealogy(first, d / "genealogy.png")
-        plot_answers(_pooled(posts, fn), d / "answers.png", truth=ref)
-        lines += _prompt_section(row, posts, fn)
+        plotted = max_plots is None or len(rows) <= max_plots
+        if plotted:
+            plot_diagnostics(first, d / "diagnostics.png")
+            plot_genealogy(first, d / "genealogy.png")
+            plot_answers(_pooled(posts, fn), d / "answers.png", truth=ref)
+        lines += _prompt_section(row, posts, fn, plotted)
     scored = [r["correct"] for r in rows if r["correct"] is not None]
     accuracy = sum(scored) / len(scored) if scored else None
     head = [f"- prompts: {len(rows)}"]
@@ -81,14 +100,16 @@ def write_report(out: str | Path) -> dict[str, Any]:
     if budget_total:
         head.append("- budget (all runs): " + ", ".join(f"{k}={_fmt(v)}" for k, v in budget_total.items()))
     lines[2:2] = [*head, ""]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    if bar is not None:
+        bar.close()
+    atomic_write(out / "summary.md", "\n".join(lines) + "\n")
     result = {
         "out": str(out),
         "prompts": rows,
         "accuracy": accuracy,
         "budget": budget_total,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    atomic_write(out / "results.json", json.dumps(result, indent=2, default=_json_default) + "\n")
     return result
 
 
@@ -111,7 +132,7 @@ def _prediction(posts: list[Any], fn: Callable[[Any], Any]) -> Any:
     return next(iter(dist), None)
 
 
-def _prompt_section(row: dict[str, Any], posts: list[Any], fn: Callable[[Any], Any]) -> list[str]:
+def _prompt_section(row: dict[str, Any], posts: list[Any], fn: Callable[[Any], Any], plotted: bool = True) -> list[str]:
     lines = [f"## {row['dir']}: {row['prompt']!r}", ""]
     if row["reference"] is not None:
         mark = "correct" if row["correct"] else "wrong"
@@ -131,8 +152,11 @@ def _prompt_section(row: dict[str, Any], posts: list[Any], fn: Callable[[Any], A
     lines += ["", "| mass | answer |", "|---:|---|"]
     for k, v in list(_pooled(posts, fn).items())[:10]:
         lines.append(f"| {v:.4f} | `{k!r}` |")
-    lines += ["", f"![diagnostics]({row['dir']}/diagnostics.png) ![genealogy]({row['dir']}/genealogy.png) "
-              f"![answers]({row['dir']}/answers.png)", ""]
+    if plotted:
+        lines += ["", f"![diagnostics]({row['dir']}/diagnostics.png) ![genealogy]({row['dir']}/genealogy.png) "
+                  f"![answers]({row['dir']}/answers.png)", ""]
+    else:
+        lines += ["", "(no plots for this prompt: `ppllm report DIR --plots all` draws every prompt's)", ""]
     return lines
 
 

@@ -1,61 +1,74 @@
-"""Running a recipe over its prompts and writing the results directory.
+"""The data-set runner: a recipe's prompts in rounds that share batched forwards, recorded as
+they finish, resumable after a crash.
 
-    out/recipe.toml            the recipe as run (overrides applied, prompts inline)
-    out/particles.jsonl        one line per particle of every run
-    out/prompt-NNN/posterior.nc  every run of prompt NNN as the chains of one InferenceData
-    out/prompt-NNN/chains.nc   MCMC chains, for kernels that produce them
-    out/summary.md, results.json and plots   (`runs.report`)
+Work is a list of prompt-rounds (prompt i, round r), each a kernel run with its own seed
+(fixed by [run] seed, the prompt and the round). A round of the runner takes up to `window`
+prompt-rounds (`[run] window`, default 64) and runs them together: each in its own thread
+with its own engine, all engines sharing backend calls (`engine.SharedRounds`), so one
+batched forward serves the particles of many prompts. Answers depend only on each request,
+so every prompt-round's result is what it would be run alone.
+
+    out/run.json                       the manifest: which recipe and prompts (a fingerprint)
+    out/recipe.toml                    the recipe as run (overrides applied, prompts inline)
+    out/record.jsonl                   one line per finished prompt-round (append-only, fsynced)
+    out/prompt-NNN/round-RRR.{json,jsonl} each prompt-round's figures and particles (atomic)
+    out/prompt-NNN/posterior.nc        the prompt's rounds as the chains of one InferenceData
+    out/prompt-NNN/chains.nc           MCMC chains, for kernels that produce them
+    out/particles.jsonl                every particle of every prompt-round, in order
+    out/summary.md, results.json, plots   (`runs.report`)
+
+Rerunning the same command on the same directory skips what the record holds and ends with
+the same directory as an uninterrupted run (timings aside); a directory made by another
+recipe or other prompts is refused (or cleared with `overwrite=True`). Ctrl-C abandons the
+prompt-rounds in flight, writes the summary of what is done and says how to resume.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..engine import Engine, SharedRounds
 from ..program import Program
 from ..recipes import Recipe, RecipeError, build_lm, build_program, build_reward, dump_recipe
-from ..results import Chains, Posterior, json_value, to_arviz
+from ..results import Chains, Posterior, json_value, load_arviz, to_arviz
+from .record import (
+    Record,
+    atomic_path,
+    atomic_write,
+    clear,
+    fingerprint,
+    read_manifest,
+    write_manifest,
+)
 from .report import same_answer, write_report
 
-__all__ = ["prompt_variables", "run_prompt", "run_recipe", "run_seed"]
+__all__ = ["Job", "prepare", "prompt_variables", "run_job", "run_prompt", "run_recipe", "run_seed"]
+
+DEFAULT_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt-round: a kernel run on prompt `prompt` with `seed`."""
+
+    prompt: int
+    round: int
+    seed: int
 
 
 def run_seed(recipe: Recipe, prompt_index: int, repeat: int) -> int:
-    """The seed of one run: distinct for every (prompt, repeat), fixed by [run] seed."""
+    """The seed of one run: distinct for every (prompt, round), fixed by [run] seed."""
     return int(np.random.SeedSequence([recipe.seed, prompt_index, repeat]).generate_state(1)[0] >> 1)
-
-
-def run_prompt(recipe: Recipe, i: int, lm: Any, reward: Any, progress: bool = False, bar: Any = None) -> list[Posterior]:
-    """The `repeats` independent runs of prompt i (one Posterior each)."""
-    import inspect
-
-    takes_progress = "progress" in inspect.signature(recipe.kernel_fn).parameters
-    runs = []
-    for r in range(recipe.repeats):
-        program = build_program(recipe, recipe.prompts[i], lm, reward)
-        opts = dict(recipe.kernel_options)
-        if takes_progress:
-            opts["progress"] = progress
-        try:
-            post = recipe.kernel_fn(program, seed=run_seed(recipe, i, r), **opts)
-        except ValueError as e:  # kernels reject bad option values (and combinations) this way
-            raise RecipeError("kernel", f"{recipe.kernel_name}: {e}") from None
-        if isinstance(post, Chains):  # MCMC: the pooled draws as the posterior, the chains kept
-            chains = post
-            post = chains.as_posterior()
-            post.extras["chains"] = chains
-        if not isinstance(post, Posterior):
-            raise RecipeError("kernel.name", f"{recipe.kernel_name} returned {type(post).__name__}, not a Posterior")
-        runs.append(post)
-        if bar is not None:
-            bar.update(1)
-    return runs
 
 
 def prompt_variables(recipe: Recipe, i: int) -> dict[str, Callable[[Any], Any]]:
@@ -69,72 +82,277 @@ def prompt_variables(recipe: Recipe, i: int) -> dict[str, Callable[[Any], Any]]:
     return out
 
 
+def run_job(recipe: Recipe, job: Job, lm: Any, reward: Any, engine: Engine | None = None,
+            progress: bool = False) -> Posterior:
+    """One prompt-round; MCMC chains come back as their pooled draws (chains in extras)."""
+    params = inspect.signature(recipe.kernel_fn).parameters
+    program = build_program(recipe, recipe.prompts[job.prompt], lm, reward)
+    opts = dict(recipe.kernel_options)
+    if "progress" in params:
+        opts["progress"] = progress
+    if engine is not None and "engine" in params:
+        opts["engine"] = engine
+    try:
+        post = recipe.kernel_fn(program, seed=job.seed, **opts)
+    except ValueError as e:  # kernels reject bad option values (and combinations) this way
+        raise RecipeError("kernel", f"{recipe.kernel_name}: {e}") from None
+    if isinstance(post, Chains):
+        chains = post
+        post = chains.as_posterior()
+        post.extras["chains"] = chains
+    if not isinstance(post, Posterior):
+        raise RecipeError("kernel.name", f"{recipe.kernel_name} returned {type(post).__name__}, not a Posterior")
+    return post
+
+
+def run_prompt(recipe: Recipe, i: int, lm: Any, reward: Any, progress: bool = False, bar: Any = None) -> list[Posterior]:
+    """Every round of prompt i, one after the other (one Posterior each)."""
+    out = []
+    for r in range(recipe.repeats):
+        out.append(run_job(recipe, Job(i, r, run_seed(recipe, i, r)), lm, reward, progress=progress))
+        if bar is not None:
+            bar.update(1)
+    return out
+
+
+# ---------------------------------------------------------------------- the directory
+def recipe_text(recipe: Recipe) -> str:
+    return dump_recipe(recipe)
+
+
+def prepare(recipe: Recipe, out: Path, overwrite: bool = False, log: Callable[[str], None] | None = None) -> bool:
+    """Make `out` ready; True when it continues an earlier run of the same recipe."""
+    text = recipe_text(recipe)
+    fp = fingerprint(_without_out(text))
+    if out.exists() and not out.is_dir():
+        raise RecipeError("--out", f"{out} is a file, not a results directory")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    manifest = read_manifest(out)
+    if entries and not (manifest and manifest.get("fingerprint") == fp):
+        if not overwrite:
+            what = "another recipe or other prompts" if manifest else "files that are not a ppllm run"
+            raise RecipeError(
+                "--out", f"{out} holds results of {what} ({len(entries)} entries); choose another "
+                "--out, or pass --overwrite to remove them"
+            )
+        removed = clear(out)
+        if log is not None:
+            log(f"--overwrite: removed {len(removed)} entries from {out}: {', '.join(removed[:8])}"
+                + (" ..." if len(removed) > 8 else ""))
+        entries = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "recipe.toml", text)
+        write_manifest(out, {"fingerprint": fp, "kernel": recipe.kernel_name, "prompts": len(recipe.prompts),
+                             "rounds": recipe.repeats, "format": 1})
+    except OSError as e:
+        raise RecipeError("--out", f"cannot write to {out}: {e.strerror or e}") from None
+    return bool(entries)
+
+
+def _without_out(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("out = "))
+
+
+def _round_files(out: Path, job: Job) -> tuple[Path, Path, Path]:
+    pdir = out / f"prompt-{job.prompt:03d}"
+    stem = f"round-{job.round:03d}"
+    return pdir / f"{stem}.json", pdir / f"{stem}.jsonl", pdir / f"{stem}.chains.nc"
+
+
+def _round_summary(post: Posterior, job: Job) -> dict[str, Any]:
+    """Everything of a prompt-round's Posterior but its particles (those are in the .jsonl)."""
+    return {
+        "round": job.round, "seed": job.seed, "log_Z": json_value(post.log_Z), "kernel": post.kernel,
+        "config": json.loads(json.dumps(post.config, default=str)), "message": post.message,
+        "budget": {k: json_value(v) for k, v in post.budget.items()},
+        "steps": [[s.t, json_value(s.ess), bool(s.resampled), json_value(s.log_Z_increment), s.n_live,
+                   {k: json_value(v) for k, v in s.extra.items()}, np.asarray(s.ancestors).tolist()]
+                  for s in post.steps],
+        "ancestry": [np.asarray(a).tolist() for a in post.ancestry],
+        "selected_answer": json_value(post.extras["answer"]) if "answer" in post.extras else None,
+        "selects": "answer" in post.extras,
+    }
+
+
+def _read_round(summary_path: Path, particles_path: Path) -> tuple[Posterior, dict[str, Any]]:
+    """A prompt-round's Posterior back from its files (particles as `ParticleRecord`s)."""
+    from ..results import ParticleRecord, StepInfo, Steps
+
+    meta = json.loads(summary_path.read_text())
+    rows = [json.loads(line) for line in particles_path.read_text().splitlines()]
+    skip = {"prompt", "chain", "index", "text", "log_weight", "weight"}
+    particles = [ParticleRecord(r["text"], {k: v for k, v in r.items() if k not in skip}) for r in rows]
+    steps = [StepInfo(t, float(e), res, np.asarray(a, dtype=np.int64), float(inc), live, extra)
+             for t, e, res, inc, live, extra, a in meta["steps"]]
+    post = Posterior(particles, np.array([float(r["log_weight"]) for r in rows]), float(meta["log_Z"]),
+                     ancestry=[np.asarray(a, dtype=np.int64) for a in meta["ancestry"]], budget=meta["budget"],
+                     kernel=meta["kernel"], config=meta["config"], message=meta["message"],
+                     diagnostics=Steps(steps) if steps else None)
+    return post, meta
+
+
+def commit(recipe: Recipe, out: Path, job: Job, post: Posterior, record: Record) -> dict[str, Any]:
+    """Write one prompt-round's files atomically, then its record line."""
+    prompt = recipe.prompts[job.prompt]
+    variables = prompt_variables(recipe, job.prompt)
+    summary, jsonl, chains_nc = _round_files(out, job)
+    rows = [json.dumps({"prompt": job.prompt, "chain": job.round, **row}) + "\n" for row in post.records(variables)]
+    atomic_write(jsonl, "".join(rows))
+    atomic_write(summary, json.dumps(_round_summary(post, job)) + "\n")
+    chains = post.extras.get("chains")
+    if isinstance(chains, Chains):
+        draws = Chains([[_json_ready(x) for x in c] for c in chains.samples], chains.stats, chains.kernel,
+                       chains.config)
+        kind = variables if draws.samples and isinstance(chains.samples[0][0], Program) else None
+        with atomic_path(chains_nc) as tmp:
+            (chains.to_arviz(kind) if kind else draws.to_arviz()).to_netcdf(str(tmp))
+    state = post.extras.get("state")
+    if job.round == 0 and getattr(state, "tree", None) is not None:
+        from ..results.plots import plot_tree
+
+        plot_tree(state.tree, summary.parent / "tree.png")
+    row = {
+        "prompt": job.prompt, "id": prompt.id, "round": job.round, "seed": job.seed, "kernel": recipe.kernel_name,
+        "answer": json_value(post.extras.get("answer", _weighted_answer(post))),
+        "reference": prompt.answer, "log_Z": json_value(post.log_Z), "ess": json_value(post.ess), "n": post.n,
+        "budget": {k: json_value(v) for k, v in post.budget.items() if k != "seconds"},
+        "seconds": round(float(post.budget.get("seconds", 0.0)), 3), "message": post.message,
+    }
+    record.append(row)
+    return row
+
+
+def _weighted_answer(post: Posterior) -> Any:
+    if not post.ok:
+        return None
+    dist = post.distribution(lambda p: getattr(p, "answer", None) if not isinstance(p, dict) else None)
+    return next((a for a in dist if a is not None), None)
+
+
+def _json_ready(draw: Any) -> Any:
+    return {k: json_value(v) for k, v in draw.items()} if isinstance(draw, dict) else draw
+
+
+def assemble(recipe: Recipe, out: Path) -> None:
+    """Each prompt's posterior.nc (and chains.nc) from its round files; particles.jsonl."""
+    lines = []
+    for i, prompt in enumerate(recipe.prompts):
+        pdir = out / f"prompt-{i:03d}"
+        present = [r for r in range(recipe.repeats) if (pdir / f"round-{r:03d}.json").is_file()]
+        if not present:
+            continue
+        posts, selected = [], []
+        for r in present:
+            post, meta = _read_round(pdir / f"round-{r:03d}.json", pdir / f"round-{r:03d}.jsonl")
+            posts.append(post)
+            if meta["selects"]:
+                selected.append(meta["selected_answer"])
+        names = list(prompt_variables(recipe, i))
+        variables = {n: (lambda p, n=n: getattr(p, n, None)) for n in names}
+        idata = to_arviz(posts, variables, seed=recipe.seed)
+        attrs = idata["posterior"].attrs
+        attrs.update(prompt=prompt.label(), prompt_id=prompt.id)
+        if prompt.answer is not None:
+            attrs["reference_answer"] = json.dumps(prompt.answer)
+        if len(selected) == len(posts):
+            attrs["selected_answers"] = json.dumps(selected)
+        with atomic_path(pdir / "posterior.nc") as tmp:
+            idata.to_netcdf(str(tmp))
+        chain_files = [pdir / f"round-{r:03d}.chains.nc" for r in present]
+        if chain_files and all(f.is_file() for f in chain_files):
+            import xarray as xr
+
+            parts = [load_arviz(str(f)) for f in chain_files]
+            groups = {g: xr.concat([p[g] for p in parts], dim="chain").assign_coords(
+                chain=np.arange(sum(p[g].sizes["chain"] for p in parts))) for g in parts[0].groups()}
+            import arviz as az
+
+            with atomic_path(pdir / "chains.nc") as tmp:
+                az.InferenceData(**groups).to_netcdf(str(tmp))
+        for r in present:
+            lines.append((pdir / f"round-{r:03d}.jsonl").read_text())
+    atomic_write(out / "particles.jsonl", "".join(lines))
+
+
+# ---------------------------------------------------------------------- running
 def run_recipe(
-    recipe: Recipe, out: Path, progress: bool = True, log: Callable[[str], None] | None = None
+    recipe: Recipe, out: Path, progress: bool = True, log: Callable[[str], None] | None = None,
+    overwrite: bool = False, window: int | None = None,
 ) -> dict[str, Any]:
-    """Run every prompt (× repeats) and write the results directory; return the headline."""
+    """Run every prompt-round not yet recorded in `out`, then write the results; the headline."""
     if not progress:
         _quiet_transformers()
     lm = build_lm(recipe.model)
     reward = build_reward(recipe.reward, lm)
-    if log is not None:
-        log(f"{recipe.kernel_name} on {len(recipe.prompts)} prompt(s) × {recipe.repeats} → {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.toml").write_text(dump_recipe(recipe))
+    out = Path(out)
+    resumed = prepare(recipe, out, overwrite, log)
+    record = Record(out)
+    record.repair()
+    done = {(r["prompt"], r["round"]) for r in record.read()}
+    jobs = [Job(i, r, run_seed(recipe, i, r)) for r in range(recipe.repeats) for i in range(len(recipe.prompts))
+            if (i, r) not in done]
     total = len(recipe.prompts) * recipe.repeats
-    bar = _bar(progress, total, recipe.kernel_name)
-    jsonl = (out / "particles.jsonl").open("w")
+    if log is not None:
+        start_note = f", resuming: {len(done)} of {total} prompt-rounds already done" if resumed else ""
+        log(f"{recipe.kernel_name} on {len(recipe.prompts)} prompt(s) × {recipe.repeats} → {out}{start_note}")
+    width = window or recipe.window or DEFAULT_WINDOW
+    bar = _bar(progress and total > 1, total, len(done), recipe.kernel_name)
+    t0, tokens = time.perf_counter(), [0]
+    interrupted = False
     try:
-        for i, prompt in enumerate(recipe.prompts):
-            variables = prompt_variables(recipe, i)
-            runs = run_prompt(recipe, i, lm, reward, progress=progress and total == 1, bar=bar)
-            for r, post in enumerate(runs):
-                for row in post.records(variables):
-                    jsonl.write(json.dumps({"prompt": i, "chain": r, **row}) + "\n")
-            pdir = out / f"prompt-{i:03d}"
-            pdir.mkdir(exist_ok=True)
-            idata = to_arviz(runs, variables, seed=recipe.seed)
-            idata["posterior"].attrs["prompt"] = prompt.label()
-            idata["posterior"].attrs["prompt_id"] = prompt.id
-            if prompt.answer is not None:
-                idata["posterior"].attrs["reference_answer"] = json.dumps(prompt.answer)
-            if all("answer" in p.extras for p in runs):
-                selected = [json_value(p.extras["answer"]) for p in runs]
-                idata["posterior"].attrs["selected_answers"] = json.dumps(selected)
-            idata.to_netcdf(str(pdir / "posterior.nc"))
-            state = runs[0].extras.get("state")
-            if getattr(state, "tree", None) is not None:  # tree kernels: a picture of run 0's tree
-                from ..results.plots import plot_tree
-
-                plot_tree(state.tree, pdir / "tree.png")
-            chains = chains_of(runs)
-            if chains is not None:
-                chain_vars = variables if chains.samples and isinstance(chains.samples[0][0], Program) else None
-                chains.to_arviz(chain_vars).to_netcdf(str(pdir / "chains.nc"))
+        for lo in range(0, len(jobs), width):
+            _run_round(recipe, out, jobs[lo : lo + width], lm, reward, record, progress and total == 1,
+                       bar, tokens, t0)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
-        jsonl.close()
         if bar is not None:
             bar.close()
-    return write_report(out)
+    finished = len(Record(out).read())
+    if log is not None and progress:
+        log("writing the results (posteriors, plots, summary) ...")
+    assemble(recipe, out)
+    result = write_report(out, progress=progress)
+    result.update(prompt_rounds=finished, total_prompt_rounds=total, interrupted=interrupted,
+                  wall_seconds=time.perf_counter() - t0)
+    if interrupted:
+        raise Interrupted(finished, total, result)
+    return result
 
 
-def chains_of(runs: list[Posterior]) -> Chains | None:
-    """The MCMC chains of the repeats side by side (a kernel's `extras["chains"]`), or None."""
-    given = [p.extras.get("chains") for p in runs]
-    if not given or not all(isinstance(c, Chains) for c in given):
-        return None
-    return Chains(
-        samples=[[_json_ready(x) for x in s] for c in given for s in c.samples],
-        stats={k: [row for c in given for row in np.asarray(c.stats[k]).tolist()] for k in given[0].stats},
-        kernel=given[0].kernel,
-        config=given[0].config,
-    )
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: what was done is recorded and summarised; the same command resumes."""
+
+    def __init__(self, done: int, total: int, result: dict[str, Any]) -> None:
+        super().__init__(f"interrupted after {done} of {total} prompt-rounds; rerun the same command to resume")
+        self.result = result
 
 
-def _json_ready(draw: Any) -> Any:
-    if isinstance(draw, dict):
-        return {k: json_value(v) for k, v in draw.items()}
-    return draw
+def _run_round(recipe: Recipe, out: Path, jobs: list[Job], lm: Any, reward: Any, record: Record,
+               progress: bool, bar: Any, tokens: list[int], t0: float) -> None:
+    """The round's prompt-rounds together; each recorded as soon as all before it are."""
+    shared = SharedRounds()
+    ready: dict[int, Posterior] = {}
+    next_commit = [0]
+
+    def job_fn(job: Job) -> Callable[[], Posterior]:
+        return lambda: run_job(recipe, job, lm, reward, Engine(shared=shared), progress)
+
+    def on_done(k: int, result: Any) -> None:
+        if isinstance(result, BaseException):
+            raise result
+        ready[k] = result
+        while next_commit[0] in ready:  # commit in order: the record is the same whatever finishes first
+            post = ready.pop(next_commit[0])
+            commit(recipe, out, jobs[next_commit[0]], post, record)
+            tokens[0] += int(post.budget.get("tokens", 0))
+            next_commit[0] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.0f}", round=len(jobs))
+
+    shared.run([job_fn(j) for j in jobs], on_done)
 
 
 def _quiet_transformers() -> None:
@@ -145,9 +363,9 @@ def _quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
 
 
-def _bar(enabled: bool, total: int, name: str) -> Any:
-    if not enabled or total <= 1:
+def _bar(enabled: bool, total: int, initial: int, name: str) -> Any:
+    if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"{name} runs", unit="run", file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc=f"{name} prompt-rounds", unit="run", file=sys.stderr)
