@@ -40,7 +40,7 @@ import numpy as np
 from ..engine import Engine, SharedRounds
 from ..program import Program
 from ..recipes import Recipe, RecipeError, build_lm, build_program, build_reward, dump_recipe
-from ..results import Chains, Posterior, json_value, load_arviz, to_arviz
+from ..results import Chains, Posterior, json_value, load_arviz, save_netcdf, to_arviz
 from .record import (
     Record,
     atomic_path,
@@ -206,7 +206,7 @@ def commit(recipe: Recipe, out: Path, job: Job, post: Posterior, record: Record)
                        chains.config)
         kind = variables if draws.samples and isinstance(chains.samples[0][0], Program) else None
         with atomic_path(chains_nc) as tmp:
-            (chains.to_arviz(kind) if kind else draws.to_arviz()).to_netcdf(str(tmp))
+            save_netcdf(chains.to_arviz(kind) if kind else draws.to_arviz(), tmp)
     state = post.extras.get("state")
     if job.round == 0 and getattr(state, "tree", None) is not None:
         from ..results.plots import plot_tree
@@ -258,7 +258,7 @@ def assemble(recipe: Recipe, out: Path) -> None:
         if len(selected) == len(posts):
             attrs["selected_answers"] = json.dumps(selected)
         with atomic_path(pdir / "posterior.nc") as tmp:
-            idata.to_netcdf(str(tmp))
+            save_netcdf(idata, tmp)
         chain_files = [pdir / f"round-{r:03d}.chains.nc" for r in present]
         if chain_files and all(f.is_file() for f in chain_files):
             import xarray as xr
@@ -269,7 +269,7 @@ def assemble(recipe: Recipe, out: Path) -> None:
             import arviz as az
 
             with atomic_path(pdir / "chains.nc") as tmp:
-                az.InferenceData(**groups).to_netcdf(str(tmp))
+                save_netcdf(az.InferenceData(**groups), tmp)
         for r in present:
             lines.append((pdir / f"round-{r:03d}.jsonl").read_text())
     atomic_write(out / "particles.jsonl", "".join(lines))
