@@ -1,31 +1,39 @@
-"""LM throughput of ppllm's particle kernels against `model.generate`, side by side.
+"""LM throughput of ppllm's particle kernels against the decode floor, side by side.
 
-Same model, same prompt, N sequences of T new tokens each (EOS ignored on both sides):
+Same model, same prompt, N sequences of T new tokens each (EOS ignored everywhere):
 
-  (a) generate   `model.generate(num_return_sequences=N, do_sample=True)` — the baseline
-  (b) smc_ess0   token-level SMC that never resamples (ess_threshold=0)
-  (c) smc_ess1   token-level SMC resampling after every token (ess_threshold=1)
-  (d) pf_chunk   chunk-level particle filter: chunks of `--chunk` tokens, resampling after each
+  baselines
+    lean          the lean decode loop: prefill the prompt once, expand its KV cache to N
+                  rows, then one batched forward plus `torch.multinomial` per token — the
+                  floor for any sampler built on a transformers forward
+    lean_masked   the same with a token mask applied to the logits
+    generate      `model.generate(num_return_sequences=N, do_sample=True)`
+  ppllm (token-level SMC unless said otherwise)
+    smc_free      no constraint, never resampling                       (vs lean)
+    smc_masked    proposal masked, target the model, ESS rule 0.5       (vs lean_masked)
+    smc_resample  a token potential, resampling after every token       (vs lean)
+    pf_chunk      chunks of `--chunk` tokens, resampling after each     (vs lean)
 
-The ppllm programs add a cheap token-dependent `factor`, so weights differ and resampling
-really duplicates and drops particles (children then share their parent's KV cache).
-Figures: tokens/s (N·T / wall seconds, the prompt's prefill included on both sides), CPU
-seconds, and each method's ratio to (a). N ∈ {8, 32, 64}; models tiny-arith and SmolLM2
-(each skipped with a note when absent).
+Throughput = N·T / wall seconds (prefill included on every side), CPU seconds beside;
+median of interleaved repeats. Also: bytes brought to the host per step (full float64
+rows vs drawn scalars), peak memory above the loaded model at N = 64, T = 64 with
+`kv_budget_tokens = 4096` (and at T = 1024), and a profile of where ppllm's time goes.
 
-    python -m benchmarks.lm_throughput            # full run, also writes docs/benchmarks/
+    python -m benchmarks.lm_throughput            # full run; writes docs/benchmarks/
     python -m benchmarks.lm_throughput --quick    # < 1 minute on 2 cores, same code path
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
+import pstats
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,28 +42,29 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "benchmarks" / "out"
 DOCS_DIR = ROOT / "docs" / "benchmarks"
-METHODS = ("generate", "smc_ess0", "smc_ess1", "pf_chunk")
+BASELINES = ("lean", "lean_masked", "generate")
+METHODS = ("smc_free", "smc_masked", "smc_resample", "pf_chunk")
+FLOOR = {"smc_free": "lean", "smc_masked": "lean_masked", "smc_resample": "lean", "pf_chunk": "lean"}
 PROMPTS = {"chat": "Write a short story about a cat.", "text": "Q: 37+48+19=\n"}
+BANNED = {"smollm2": "e", "tiny-arith": "7"}  # the mask bans tokens containing this
 
 FULL = {
-    "ns": (8, 32, 64),
-    "tokens": {"tiny-arith": 64, "smollm2": 32},
-    "repeats": {"tiny-arith": 3, "smollm2": 1},
+    "tiny-arith": {"sizes": [(8, 32), (32, 32), (64, 32), (8, 256), (32, 256), (64, 256), (8, 1000)],
+                   "repeats": 3},
+    "smollm2": {"sizes": [(8, 32), (32, 32), (64, 32), (8, 256), (32, 256), (8, 1024)], "repeats": 1},
 }
 QUICK = {
-    "ns": (8, 32),
-    "tokens": {"tiny-arith": 16, "smollm2": 4},
-    "repeats": {"tiny-arith": 1, "smollm2": 1},
-    "ns_by_model": {"smollm2": (8,)},
+    "tiny-arith": {"sizes": [(8, 32), (32, 32)], "repeats": 1},
+    "smollm2": {"sizes": [(8, 8)], "repeats": 1},
 }
 
 
 def _programs():
-    """The two ppllm programs, defined after ppllm is importable."""
+    """The ppllm programs, defined once ppllm is importable."""
     import ppllm
 
-    class TokenSampler(ppllm.Program):
-        """T tokens from the LM, one per step, each weighted by a cheap token potential."""
+    class Free(ppllm.Program):
+        """T tokens from the LM, one per step."""
 
         def __init__(self, lm, ctx, n_tokens: int) -> None:
             self.lm, self.ctx, self.n_tokens, self.n = lm, ctx, n_tokens, 0
@@ -64,12 +73,34 @@ def _programs():
             tok = await self.sample(self.lm.next_token(self.ctx))
             self.ctx = self.ctx + tok
             self.n += 1
-            self.factor(-0.3 * (tok % 4))
             if self.n >= self.n_tokens:
                 self.finish()
 
-    class ChunkSampler(ppllm.Program):
-        """T tokens from the LM in chunks of up to `chunk` tokens, one chunk per step."""
+    class Masked(Free):
+        """The model, conditioned on a token mask: proposed from the masked model, weighted
+        by the mask's mass (the lipogram case)."""
+
+        def __init__(self, lm, ctx, n_tokens: int, mask) -> None:
+            super().__init__(lm, ctx, n_tokens)
+            self.mask = mask
+
+        async def step(self) -> None:
+            tok = await self.sample(self.lm.next_token(self.ctx),
+                                    proposal=self.lm.next_token(self.ctx, mask=self.mask))
+            self.ctx = self.ctx + tok
+            self.n += 1
+            if self.n >= self.n_tokens:
+                self.finish()
+
+    class Potential(Free):
+        """A cheap token potential, so that resampling really duplicates and drops."""
+
+        async def step(self) -> None:
+            await super().step()
+            self.factor(-0.3 * (self.ctx.tokens[-1] % 4))
+
+    class Chunks(ppllm.Program):
+        """T tokens in chunks of up to `chunk` tokens, one chunk per step."""
 
         def __init__(self, lm, ctx, n_tokens: int, chunk: int) -> None:
             self.lm, self.ctx, self.n_tokens, self.chunk, self.n = lm, ctx, n_tokens, chunk, 0
@@ -79,50 +110,59 @@ def _programs():
             piece = await self.sample(self.lm.chunk(self.ctx, max_tokens=size))
             self.ctx = self.ctx + piece
             self.n += len(piece.tokens)
-            self.factor(-0.3 * (sum(piece.tokens) % 4))
-            if self.n >= self.n_tokens:
+            self.factor(-0.1 * (piece.tokens[-1] % 4))
+            if self.n >= self.n_tokens or self.lm.is_eos(piece.tokens[-1]):
                 self.finish()
 
-    return TokenSampler, ChunkSampler
+    return Free, Masked, Potential, Chunks
 
 
-def _timed(fn: Callable[[], int], repeats: int) -> dict[str, float]:
-    """Best-of-`repeats` wall and CPU seconds of fn (which returns the tokens it produced)."""
-    walls, cpus, tokens = [], [], 0
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        tokens = fn()
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    best = min(range(repeats), key=lambda i: walls[i])
-    return {"seconds": walls[best], "cpu_seconds": cpus[best], "tokens": tokens,
-            "seconds_all": walls, "seconds_median": statistics.median(walls)}
+def _mask(lm, banned: str):
+    import numpy as np
+
+    mask = np.array([banned not in s for s in lm.vocab_strings()], dtype=bool)
+    mask.setflags(write=False)  # a constant: particles share it instead of copying it
+    return mask
 
 
-def bench_model(
-    name: str, ns: Sequence[int], n_tokens: int, repeats: int, chunk: int, label: str | None = None
-) -> dict[str, Any]:
+def runners(lm, ctx, chunk: int) -> dict[str, Callable[[int, int], int]]:
+    """Each method as f(N, T) -> number of new tokens generated."""
     import torch
     from transformers import GenerationConfig
 
     import ppllm
-    from ppllm import zoo
 
-    lm = zoo.load_lm(name)
-    res_name = label or name
-    TokenSampler, ChunkSampler = _programs()
-    chat = getattr(lm.tokenizer, "chat_template", None) is not None
-    ctx = lm.context(lm.chat(PROMPTS["chat"]) if chat else PROMPTS["text"])
+    Free, Masked, Potential, Chunks = _programs()
     ids = torch.tensor([ctx.tokens])
     stop = sorted(lm.eos_token_ids or {lm.eos_token_id})
+    mask = _mask(lm, BANNED.get(lm.name, "e"))
+    mask_t = torch.from_numpy(mask)
+    model = lm.model
+    cache_kw = lm._cache_kwarg  # transformers 5 renamed past_key_values to cache
 
-    def generate(n: int, t: int) -> int:
-        cfg = GenerationConfig(
-            do_sample=True, max_new_tokens=t, min_new_tokens=t, top_k=0, top_p=1.0,
-            temperature=1.0, num_return_sequences=n, pad_token_id=stop[0], eos_token_id=stop,
-        )
+    @torch.no_grad()
+    def lean(n: int, t: int, masked: bool = False) -> int:
         torch.manual_seed(0)
-        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+        out = model(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)  # the prompt is encoded once, its KV expanded to N rows
+        logits = out.logits[:, -1, :].expand(n, -1)
+        for i in range(t):
+            if masked:
+                logits = logits.masked_fill(~mask_t, -torch.inf)
+            tok = torch.multinomial(torch.softmax(logits.float(), -1), 1)
+            if i == t - 1:
+                break
+            out = model(input_ids=tok, use_cache=True, **{cache_kw: cache})
+            cache, logits = out.past_key_values, out.logits[:, -1, :]
+        return n * t
+
+    @torch.no_grad()
+    def generate(n: int, t: int) -> int:
+        cfg = GenerationConfig(do_sample=True, max_new_tokens=t, min_new_tokens=t, top_k=0, top_p=1.0,
+                               temperature=1.0, num_return_sequences=n, pad_token_id=stop[0], eos_token_id=stop)
+        torch.manual_seed(0)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
         return int(out.shape[0] * (out.shape[1] - ids.shape[1]))
 
     def smc(program: ppllm.Program, n: int, ess: float) -> int:
@@ -130,37 +170,144 @@ def bench_model(
         post = ppllm.smc(program, n, seed=0, ess_threshold=ess)
         return sum(p.n for p in post.particles)
 
-    runners: dict[str, Callable[[int, int], int]] = {
+    return {
+        "lean": lean,
+        "lean_masked": lambda n, t: lean(n, t, masked=True),
         "generate": generate,
-        "smc_ess0": lambda n, t: smc(TokenSampler(lm, ctx, t), n, 0.0),
-        "smc_ess1": lambda n, t: smc(TokenSampler(lm, ctx, t), n, 1.0),
-        "pf_chunk": lambda n, t: smc(ChunkSampler(lm, ctx, t, chunk), n, 1.0),
+        "smc_free": lambda n, t: smc(Free(lm, ctx, t), n, 0.0),
+        "smc_masked": lambda n, t: smc(Masked(lm, ctx, t, mask), n, 0.5),
+        "smc_resample": lambda n, t: smc(Potential(lm, ctx, t), n, 1.0),
+        "pf_chunk": lambda n, t: smc(Chunks(lm, ctx, t, chunk), n, 1.0),
     }
-    for run in runners.values():  # warm-up: lazy initialisation stays out of the figures
-        run(2, 2)
+
+
+def _timed(fn: Callable[[], int]) -> tuple[float, float, int]:
+    c0, t0 = time.process_time(), time.perf_counter()
+    tokens = fn()
+    return time.perf_counter() - t0, time.process_time() - c0, tokens
+
+
+def bench_model(name: str, sizes: Sequence[tuple[int, int]], repeats: int, chunk: int) -> dict[str, Any]:
+    from ppllm import zoo
+
+    lm = zoo.load_lm(name)
+    lm.name = name
+    chat = getattr(lm.tokenizer, "chat_template", None) is not None
+    ctx = lm.context(lm.chat(PROMPTS["chat"]) if chat else PROMPTS["text"])
+    run = runners(lm, ctx, chunk)
+    for f in run.values():  # warm-up: lazy initialisation stays out of the figures
+        f(2, 2)
     rows = []
-    for n in ns:
-        for method, run in runners.items():
-            lm.stats = dict.fromkeys(lm.stats, 0)
-            got = _timed(lambda run=run, n=n: run(n, n_tokens), repeats)
-            got.update(model=res_name, method=method, n=n, new_tokens=n_tokens,
-                       tokens_per_s=got["tokens"] / got["seconds"],
-                       cpu_tokens_per_s=got["tokens"] / got["cpu_seconds"])
-            if method != "generate":
-                got["lm_stats"] = {k: v // repeats for k, v in lm.stats.items()}
-            rows.append(got)
-            print(f"  {res_name:10s} N={n:3d} {method:9s} {got['tokens_per_s']:9.1f} tok/s "
-                  f"({got['seconds']:.2f} s wall, {got['cpu_seconds']:.2f} s cpu)", flush=True)
-    base = {r["n"]: r for r in rows if r["method"] == "generate"}
+    for n, t in sizes:
+        t = min(t, lm.max_positions - len(ctx))
+        walls: dict[str, list[float]] = {m: [] for m in run}
+        cpus: dict[str, list[float]] = {m: [] for m in run}
+        stats: dict[str, dict[str, int]] = {}
+        tokens: dict[str, int] = {}
+        for _ in range(repeats):  # interleaved: load drifts hit every method alike
+            for method, f in run.items():
+                if hasattr(lm, "stats"):
+                    lm.stats = dict.fromkeys(lm.stats, 0)
+                wall, cpu, tokens[method] = _timed(lambda f=f: f(n, t))
+                walls[method].append(wall)
+                cpus[method].append(cpu)
+                stats[method] = dict(lm.stats)
+        for method in run:
+            wall, cpu = statistics.median(walls[method]), statistics.median(cpus[method])
+            row = {"model": name, "method": method, "n": n, "new_tokens": t, "seconds": wall,
+                   "cpu_seconds": cpu, "seconds_all": walls[method], "tokens": tokens[method],
+                   "tokens_per_s": tokens[method] / wall, "cpu_tokens_per_s": tokens[method] / cpu}
+            if method in METHODS:
+                row["bytes_to_host_per_step"] = stats[method].get("bytes_to_host", 0) / t
+                row["lm_stats"] = stats[method]
+            rows.append(row)
+            print(f"  {name:10s} N={n:3d} T={t:4d} {method:12s} {row['tokens_per_s']:9.1f} tok/s "
+                  f"({wall:.2f} s wall, {cpu:.2f} s cpu)", flush=True)
+    by = {(r["n"], r["new_tokens"], r["method"]): r for r in rows}
     for r in rows:
-        r["ratio"] = r["tokens_per_s"] / base[r["n"]]["tokens_per_s"]
-        r["cpu_ratio"] = r["cpu_tokens_per_s"] / base[r["n"]]["cpu_tokens_per_s"]
-    return {"model": name, "prompt_tokens": len(ctx), "vocab_size": lm.vocab_size,
-            "new_tokens": n_tokens, "chunk": chunk, "repeats": repeats, "rows": rows}
+        if r["method"] in METHODS:
+            floor = by[(r["n"], r["new_tokens"], FLOOR[r["method"]])]
+            gen = by[(r["n"], r["new_tokens"], "generate")]
+            r["ratio_lean"] = r["tokens_per_s"] / floor["tokens_per_s"]
+            r["cpu_ratio_lean"] = r["cpu_tokens_per_s"] / floor["cpu_tokens_per_s"]
+            r["ratio_generate"] = r["tokens_per_s"] / gen["tokens_per_s"]
+    return {"model": name, "prompt_tokens": len(ctx), "vocab_size": lm.vocab_size, "chunk": chunk,
+            "repeats": repeats, "rows": rows}
+
+
+def profile(name: str, n: int, t: int) -> dict[str, Any]:
+    """Where ppllm's token SMC spends its time: the model's forward vs everything else."""
+    import ppllm
+    from ppllm import zoo
+
+    lm = zoo.load_lm(name)
+    chat = getattr(lm.tokenizer, "chat_template", None) is not None
+    ctx = lm.context(lm.chat(PROMPTS["chat"]) if chat else PROMPTS["text"])
+    Free = _programs()[0]
+    ppllm.smc(Free(lm, ctx, 2), 2, seed=0, ess_threshold=0.0)
+    lm.clear_cache()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    ppllm.smc(Free(lm, ctx, t), n, seed=0, ess_threshold=0.0)
+    prof.disable()
+    total = time.perf_counter() - t0
+    st = pstats.Stats(prof)
+    cum = {f"{Path(k[0]).name}:{k[2]}": v[3] for k, v in st.stats.items()}  # type: ignore[attr-defined]
+    own = sorted(((v[2], f"{Path(k[0]).name}:{k[2]}") for k, v in st.stats.items()), reverse=True)  # type: ignore[attr-defined]
+    model_s = max((v for k, v in cum.items() if k.endswith(":_call_impl")), default=0.0)
+    return {"model": name, "n": n, "new_tokens": t, "seconds": total,
+            "model_forward_seconds": model_s,
+            "share_in_model_forward": model_s / total if total else None,
+            "top_own_time": [{"function": f, "seconds": s} for s, f in own[:12]]}
+
+
+MEMORY_SCRIPT = r"""
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+import ppllm
+from ppllm import zoo
+from benchmarks.lm_throughput import PROMPTS, _programs
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+name, n, t, budget, method = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+lm = zoo.load_lm(name, kv_budget_tokens=budget)
+ctx = lm.context(lm.chat(PROMPTS["chat"]) if getattr(lm.tokenizer, "chat_template", None) else PROMPTS["text"])
+Free = _programs()[0]
+ppllm.smc(Free(lm, ctx, 2), 2, seed=0, ess_threshold=0.0)
+lm.clear_cache()
+base = status("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+if method == "lean":
+    from benchmarks.lm_throughput import runners
+    runners(lm, ctx, 8)["lean"](n, t)
+else:
+    ppllm.smc(Free(lm, ctx, t), n, seed=0, ess_threshold=0.0)
+peak = status("VmHWM:")
+kv = lm._kv
+per_token = kv.k[:, :1].numel() * kv.k.element_size() * 2
+print(json.dumps({"model": name, "n": n, "new_tokens": t, "method": method, "kv_budget_tokens": budget,
+                  "rss_loaded": base, "peak_above_loaded": peak - base, "kv_budget_bytes": budget * per_token,
+                  "ratio_to_budget": (peak - base) / (budget * per_token)}))
+"""
+
+
+def memory(name: str, n: int, t: int, budget: int, method: str) -> dict[str, Any]:
+    """Peak RSS above the loaded model, in a fresh process (so earlier runs do not count)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, name, str(n), str(t), str(budget), method],
+                         capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        return {"model": name, "n": n, "new_tokens": t, "method": method, "error": out.stderr[-2000:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _available(name: str) -> str | None:
-    """None if the model can be loaded here, else why not."""
     from ppllm import zoo
 
     try:
@@ -170,41 +317,24 @@ def _available(name: str) -> str | None:
     return None
 
 
-def _tiny_arith_stand_in(directory: Path) -> Path:
-    """tiny-arith's architecture and tokenizer with random weights.
-
-    Throughput depends on the shapes only (EOS is ignored on both sides), so this measures
-    the same thing while the trained weights are absent; the figures say which was used.
-    """
-    import torch
-    from transformers import GPT2LMHeadModel
-
-    from ppllm.tasks.arith.train_lm import TrainConfig, model_config
-    from ppllm.zoo.char_tokenizer import save_tokenizer
-
-    tok = save_tokenizer(directory)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(model_config(TrainConfig(), len(tok), tok.eos_token_id)).save_pretrained(directory)
-    return directory
-
-
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
-        ns = sorted({r["n"] for r in res["rows"]})
+        sizes = sorted({(r["n"], r["new_tokens"]) for r in res["rows"]}, key=lambda s: (s[1], s[0]))
         width = 0.8 / len(METHODS)
         for j, method in enumerate(METHODS):
-            vals = [next(r["tokens_per_s"] for r in res["rows"] if r["n"] == n and r["method"] == method) for n in ns]
-            ax.bar([i + (j - 1.5) * width for i in range(len(ns))], vals, width, label=method)
-        ax.set_xticks(range(len(ns)), [f"N={n}" for n in ns])
-        ax.set_ylabel("new tokens / s (wall)")
-        random = " (random weights)" if res.get("weights", "trained") != "trained" else ""
-        ax.set_title(f"{res['model']}{random}: {res['new_tokens']} new tokens per sequence", fontsize=10)
+            vals = [next(r["ratio_lean"] for r in res["rows"] if (r["n"], r["new_tokens"]) == s
+                         and r["method"] == method) for s in sizes]
+            ax.bar([i + (j - 1.5) * width for i in range(len(sizes))], vals, width, label=method)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(sizes)), [f"N={n}\nT={t}" for n, t in sizes], fontsize=8)
+        ax.set_ylabel("tokens/s ÷ lean decode loop (wall)")
+        ax.set_title(f"{res['model']}: ppllm against the decode floor", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -214,47 +344,40 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (< 1 minute on 2 cores)")
-    p.add_argument("--models", default="tiny-arith,smollm2", help="comma-separated zoo names or paths")
+    p.add_argument("--models", default="tiny-arith,smollm2", help="comma-separated zoo names")
     p.add_argument("--threads", type=int, default=1,
                    help="torch / OpenMP threads (default 1: on a shared 2-core machine, 2 threads "
                         "spin-wait and are several times slower)")
-    p.add_argument("--chunk", type=int, default=8, help="chunk size of the particle filter (d)")
+    p.add_argument("--chunk", type=int, default=8, help="chunk size of the particle filter")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks/")
     args = p.parse_args(argv)
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     import transformers
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
-    sizes = QUICK if args.quick else FULL
-    results, notes = [], []
+    plan = QUICK if args.quick else FULL
+    results, notes, extras = [], [], {"profiles": [], "memory": []}
     start = time.perf_counter()
-    scratch = tempfile.TemporaryDirectory(prefix="lm_throughput-")
     for name in args.models.split(","):
-        source = name
         why = _available(name)
-        if why is not None and name == "tiny-arith":
-            source = str(_tiny_arith_stand_in(Path(scratch.name)))
-            notes.append(f"tiny-arith: trained weights absent ({why}); measured its architecture "
-                         "and tokenizer with random weights")
-            print(f"[lm_throughput] {notes[-1]}", flush=True)
-        elif why is not None:
+        if why is not None:
             notes.append(f"{name} skipped: {why}")
             print(f"[lm_throughput] {notes[-1]}", flush=True)
             continue
-        ns = sizes.get("ns_by_model", {}).get(name, sizes["ns"])
-        key = name if name in sizes["tokens"] else "tiny-arith"
-        print(f"[lm_throughput] {name}: N in {ns}, {sizes['tokens'][key]} new tokens", flush=True)
-        res = bench_model(source, ns, sizes["tokens"][key], sizes["repeats"][key], args.chunk, label=name)
-        res["model"] = name
-        res["weights"] = "trained" if source == name else "random (same architecture and tokenizer)"
-        results.append(res)
-    scratch.cleanup()
+        cfg = plan[name]
+        print(f"[lm_throughput] {name}: (N, T) in {cfg['sizes']}", flush=True)
+        results.append(bench_model(name, cfg["sizes"], cfg["repeats"], args.chunk))
+        if not args.quick:
+            extras["profiles"].append(profile(name, 32, 256 if name == "smollm2" else 256))
+    if not args.quick and "smollm2" in args.models and _available("smollm2") is None:
+        for n, t, method in ((64, 64, "smc"), (64, 64, "lean"), (8, 1024, "smc"), (8, 1024, "lean")):
+            extras["memory"].append(memory("smollm2", n, t, 4096, method))
+            print(f"  memory {extras['memory'][-1]}", flush=True)
 
     record = {
         "benchmark": "lm_throughput",
@@ -267,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "notes": notes,
         "results": results,
+        **extras,
     }
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     tag = "quick" if args.quick else "full"
@@ -278,19 +402,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         (DOCS_DIR / "lm_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
         plot(results, DOCS_DIR / "lm_throughput.png")
 
-    print("\nratio to generate (tokens/s wall; cpu in brackets):")
+    print("\nratio to the lean decode loop (wall; cpu in brackets; generate after the bar):")
     headline = []
     for res in results:
-        for n in sorted({r["n"] for r in res["rows"]}):
-            parts = [f"{r['method']}={r['ratio']:.2f} [{r['cpu_ratio']:.2f}]" for r in res["rows"]
-                     if r["n"] == n and r["method"] != "generate"]
-            print(f"  {res['model']:10s} N={n:3d}  " + "  ".join(parts))
-        n_head = 32 if any(r["n"] == 32 for r in res["rows"]) else max(r["n"] for r in res["rows"])
-        short = {"smc_ess0": "b", "smc_ess1": "c", "pf_chunk": "d"}
+        for n, t in sorted({(r["n"], r["new_tokens"]) for r in res["rows"]}, key=lambda s: (s[1], s[0])):
+            parts = [f"{r['method']}={r['ratio_lean']:.2f} [{r['cpu_ratio_lean']:.2f}] | {r['ratio_generate']:.2f}"
+                     for r in res["rows"] if (r["n"], r["new_tokens"]) == (n, t) and r["method"] in METHODS]
+            print(f"  {res['model']:10s} N={n:3d} T={t:4d}  " + "  ".join(parts))
         for r in res["rows"]:
-            if r["n"] == n_head and r["method"] in short:
-                key = f"{res['model']}_N{n_head}_{short[r['method']]}_over_a"
-                headline.append(f"{key}={r['ratio']:.2f} {key}_cpu={r['cpu_ratio']:.2f}")
+            if r["method"] in METHODS and r["n"] == max(x["n"] for x in res["rows"]) and \
+                    r["new_tokens"] == min(x["new_tokens"] for x in res["rows"]):
+                headline.append(f"{res['model']}_N{r['n']}_T{r['new_tokens']}_{r['method']}_lean={r['ratio_lean']:.2f}")
     headline.append(f"seconds={record['seconds']:.0f}")
     print("RESULT " + " ".join(headline))
     return 0

@@ -45,6 +45,7 @@ def lipogram_mask(lm: LM, banned: str = "e") -> np.ndarray:
     )
     if not allowed.any():
         raise ValueError(f"every token of {lm.name} contains one of {banned!r}")
+    allowed.setflags(write=False)  # a constant: particles share it instead of copying it
     return allowed
 
 

@@ -32,7 +32,7 @@ class EngineStats:
     rounds: int = 0
     lm_calls: int = 0  # backend calls (one batched call answers many requests)
     requests: int = 0
-    unique_requests: int = 0
+    unique_requests: int = 0  # distinct evaluations (requests with one cost key count once)
     tokens: int = 0  # token positions the backends evaluated (Request.tokens_cost)
 
     def as_dict(self) -> dict[str, int]:
@@ -104,8 +104,10 @@ class Engine:
             slots_by_key[k].append(s)
         groups = list(by_backend.values())
         for _, _, unique in groups:
-            self.stats.unique_requests += len(unique)
-            self.stats.tokens += sum(getattr(r, "tokens_cost", 0) for r in unique)
+            # what the backends evaluate: draws after one context share its forward
+            costs = {r.cost_key(): getattr(r, "tokens_cost", 0) for r in unique}
+            self.stats.unique_requests += len(costs)
+            self.stats.tokens += sum(costs.values())
         if self.shared is not None:
             results = self.shared.answer([(g[0], g[2]) for g in groups])
         else:
@@ -159,9 +161,12 @@ class SharedRounds:
 
     def __init__(self, max_batch: int | None = None) -> None:
         self.max_batch = max_batch
+        # One lock; the serving thread waits on `_cv`, each run on its own event, so a round
+        # wakes every thread once (a shared condition would wake all runs at every hand-over).
         self._cv = threading.Condition()
         self._active = 0
         self._pending: dict[int, list[tuple[Any, list[Request]]]] = {}
+        self._events: dict[int, threading.Event] = {}
         self._results: dict[int, Any] = {}
         self._aborted = False
         self.calls = 0  # batched backend calls made
@@ -172,11 +177,14 @@ class SharedRounds:
         with self._cv:
             if self._aborted:
                 raise Aborted("the shared rounds were abandoned")
+            ready = self._events.setdefault(me, threading.Event())
+            ready.clear()
             self._pending[me] = groups
-            self._cv.notify_all()
-            while me not in self._results and not self._aborted:
-                self._cv.wait()
-            if self._aborted and me not in self._results:
+            if len(self._pending) == self._active:
+                self._cv.notify()
+        ready.wait()
+        with self._cv:
+            if me not in self._results:
                 raise Aborted("the shared rounds were abandoned")
             got = self._results.pop(me)
         if isinstance(got, BaseException):
@@ -200,7 +208,7 @@ class SharedRounds:
             with self._cv:
                 self._active -= 1
                 finished.append(k)
-                self._cv.notify_all()
+                self._cv.notify()
 
         with self._cv:
             self._active = len(jobs)
@@ -227,7 +235,8 @@ class SharedRounds:
         except BaseException:
             with self._cv:
                 self._aborted = True
-                self._cv.notify_all()
+                for ev in self._events.values():
+                    ev.set()
             for t in threads:
                 t.join(timeout=5)
             raise
@@ -252,7 +261,7 @@ class SharedRounds:
             with self._cv:
                 for me in batch:
                     self._results[me] = e
-                self._cv.notify_all()
+                    self._events[me].set()
             return
         by_backend = {id(b): (idx, got, calls) for (b, idx, _), (got, calls) in zip(order, answers, strict=True)}
         self.calls += sum(calls for _, calls in answers)
@@ -264,7 +273,7 @@ class SharedRounds:
                     idx, got, calls = by_backend[id(backend)]
                     out.append(([got[idx[r.key()]] for r in reqs], calls))
                 self._results[me] = out
-            self._cv.notify_all()
+                self._events[me].set()
 
 
 def _at(t: int | None) -> str:

@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .distributions import Distribution, Draw, as_distribution
 from .rng import Rng
 
@@ -141,7 +143,9 @@ class Program:
         state = self._pp
         new = object.__new__(type(self))
         user = {k: v for k, v in self.__dict__.items() if k != _STATE}
-        new.__dict__.update(copy.deepcopy(user))
+        # read-only arrays (a token mask, a table) are constants: shared, not copied
+        memo = {id(v): v for v in user.values() if isinstance(v, np.ndarray) and not v.flags.writeable}
+        new.__dict__.update(copy.deepcopy(user, memo))
         new.__dict__[_STATE] = _ParticleState(
             trace=state.trace,
             n_choices=state.n_choices,

@@ -34,6 +34,10 @@ class Request:
         """Identical keys are answered once per round (e.g. two particles with one context)."""
         raise NotImplementedError(f"{type(self).__name__} must define key()")
 
+    def cost_key(self) -> Hashable:
+        """Requests with one cost key cost the backend one evaluation (budgets count it once)."""
+        return self.key()
+
     def __await__(self) -> Generator[Request, Any, Any]:
         answer = yield self
         return answer

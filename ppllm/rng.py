@@ -23,7 +23,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Rng", "SeededRng", "as_rng", "key_to_ints", "mix64", "stream_key", "uniforms_of"]
+__all__ = [
+    "Rng", "SeededRng", "as_rng", "categorical_from_uniform", "key_to_ints", "mix64", "stream_key",
+    "uniforms_of",
+]
 
 
 @runtime_checkable
@@ -145,18 +148,7 @@ class SeededRng:
         return (self.next_u64() >> 11) * _U53
 
     def categorical(self, probs: np.ndarray) -> int:
-        p = np.asarray(probs, dtype=np.float64)
-        cdf = np.cumsum(p)
-        total = cdf[-1]
-        if not np.isfinite(total) or total <= 0:
-            raise ValueError("categorical: probabilities must be finite with a positive sum")
-        u = self.random() * total
-        i = int(np.searchsorted(cdf, u, side="right"))
-        i = min(i, len(p) - 1)
-        # Rounding can land on a zero-probability entry; step back to a positive one.
-        while p[i] <= 0:
-            i -= 1
-        return i
+        return categorical_from_uniform(probs, self.random())
 
     def uniform(self, size: int, cuts: Sequence[np.ndarray] | None = None) -> np.ndarray:
         if size <= 8:
@@ -172,6 +164,22 @@ class SeededRng:
 
     def __repr__(self) -> str:
         return f"SeededRng(seed={self.seed}, key={self.key})"
+
+
+def categorical_from_uniform(probs: np.ndarray, u: float) -> int:
+    """The inverse-CDF draw of `SeededRng.categorical` for a given uniform u in [0, 1):
+    the first index whose cumulative mass exceeds u · total."""
+    p = np.asarray(probs, dtype=np.float64)
+    cdf = np.cumsum(p)
+    total = cdf[-1]
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError("categorical: probabilities must be finite with a positive sum")
+    i = int(np.searchsorted(cdf, u * total, side="right"))
+    i = min(i, len(p) - 1)
+    # Rounding can land on a zero-probability entry; step back to a positive one.
+    while p[i] <= 0:
+        i -= 1
+    return i
 
 
 def uniforms_of(rngs: Sequence[SeededRng]) -> np.ndarray:

@@ -156,6 +156,62 @@ def test_after_smc_with_resampling_the_cache_still_answers_right(tiny):
     assert tiny.stats["new_tokens"] - sum(1 for _ in survivors) < len(ctx) + 12 * 10
 
 
+class _Hot(_Extend):
+    """Hot proposals: tiny-arith's particles really diverge (it is nearly deterministic)."""
+
+    async def step(self):
+        tok = await self.sample(self.lm.next_token(self.ctx, temperature=6.0))
+        self.ctx = self.ctx + tok
+        self.factor(-1.0 * (tok % 3))
+        if len(self.ctx) >= self.n:
+            self.finish()
+
+
+def _smc_rows(lm, seed=1):
+    """Every (context, row) the backend computed during an SMC run with resampling."""
+    seen = []
+    inner = lm._next_rows
+
+    def recording(contexts):
+        rows = inner(contexts)
+        seen.extend(zip(contexts, rows.numpy().copy(), strict=True))
+        return rows
+
+    lm._next_rows = recording
+    ctx = lm.context(PROMPT)
+    ppllm.smc(_Hot(lm, ctx, len(ctx) + 10), 12, seed=seed, ess_threshold=0.5)
+    assert len({c for c, _ in seen}) > 60  # distinct rows, not one context repeated
+    return seen
+
+
+def test_rows_kept_from_last_round_answer_right_in_place_and_after_resampling(tiny):
+    """Last round's batch buffers are reused (in place while the rows stay; rearranged along
+    the batch after resampling) and every row computed on them equals a full recompute."""
+    seen = _smc_rows(tiny)
+    assert tiny.stats["resident_in_place"] > 0 and tiny.stats["resident_moved"] > 0
+    assert max(float(np.max(np.abs(row - reference(tiny, c)))) for c, row in seen) < TOL
+
+
+def test_broken_twin_reusing_the_wrong_rows_fails_the_check(tiny_dir):
+    """A resident batch that hands row b another row's past must fail the same check."""
+    from ppllm.lm import hf
+
+    class Shuffled(hf._Resident):
+        def __init__(self, k, v, end, lasts):
+            super().__init__(k, v, end, lasts)
+            n = len(lasts)
+            self.row_of = {id(node): (b + 1) % n for b, node in enumerate(lasts)}
+
+    old = hf._Resident
+    hf._Resident = Shuffled
+    try:
+        lm = HFLM.load(tiny_dir)
+        seen = _smc_rows(lm)
+    finally:
+        hf._Resident = old
+    assert max(float(np.max(np.abs(row - reference(lm, c)))) for c, row in seen) > 1e-3
+
+
 def test_after_eviction_answers_stay_right(tiny_dir):
     lm = HFLM.load(tiny_dir, kv_budget_tokens=12)
     rng = np.random.default_rng(3)
@@ -293,3 +349,75 @@ def test_smollm2_batched_logprobs_equal_full_recompute(smol):
     for _ in range(2):
         contexts = grow(rng, contexts, 1000, width=4)
         assert max_error(smol, contexts) < TOL
+
+
+# ---------------------------------------------------------------------- draws on the device
+def _draw_requests(lm: HFLM, n: int, seed: int):
+    """SampleToken requests over ragged contexts, with every kind of sampling setting."""
+    from ppllm.lm.base import SampleToken
+
+    gen = np.random.default_rng(seed)
+    base = lm.context(PROMPT).tokens
+    ctxs = grow(gen, [base, base + (5,)], lm.vocab_size, width=n)
+    mask = np.ones(lm.vocab_size, dtype=bool)
+    mask[gen.choice(lm.vocab_size, size=lm.vocab_size // 2, replace=False)] = False
+    # tiny-arith is nearly certain of its next token; hot settings make the draws depend on u
+    dists = [lm.next_token(Context(()), **kw) for kw in
+             ({}, {"temperature": 8.0}, {"temperature": 6.0, "mask": mask}, {"temperature": 10.0, "top_p": 0.8},
+              {"temperature": 0.7, "top_p": 0.9})]
+    reqs = []
+    for i, c in enumerate(ctxs * 4):
+        reqs.append(SampleToken(lm, c, dists[i % len(dists)], float(gen.random())))
+    return reqs
+
+
+def test_device_draws_equal_the_host_sampler(tiny):
+    """The device path (batched transform + inverse CDF) draws what the host path draws from
+    the same rows: same token, same log q and log p."""
+    from ppllm.lm.base import draw_from_rows
+
+    reqs = _draw_requests(tiny, 8, seed=1)
+    got = tiny.sample_tokens(reqs)
+    want = draw_from_rows(reqs, tiny.logprobs([r.tokens for r in reqs]))
+    assert len({g.token for g in got}) >= 4  # the draws really vary (see the broken twin below)
+    assert [g.token for g in got] == [w.token for w in want]
+    np.testing.assert_allclose([g.log_q for g in got], [w.log_q for w in want], rtol=0, atol=1e-9)
+    np.testing.assert_allclose([g.log_p for g in got], [w.log_p for w in want], rtol=0, atol=1e-12)
+
+
+def test_a_batched_draw_equals_the_draw_alone(tiny_dir):
+    """Each particle's draw depends on its own request only: drawn in one batch or alone
+    (cold cache, batch of one), the same token (log-probabilities within float rounding)."""
+    reqs = _draw_requests(HFLM.load(tiny_dir), 8, seed=2)
+    batched = HFLM.load(tiny_dir).sample_tokens(reqs)
+    alone = []
+    for r in reqs:
+        lm = HFLM.load(tiny_dir)
+        r.backend = lm
+        alone.append(lm.sample_tokens([r])[0])
+    assert [a.token for a in alone] == [b.token for b in batched]
+    np.testing.assert_allclose([a.log_q for a in alone], [b.log_q for b in batched], atol=TOL)
+
+
+def test_broken_twin_drawing_at_a_neighbours_uniform_fails_the_check(tiny):
+    """The check above can fail: a sampler that hands row i the uniform of row i+1 (a
+    batching bug) draws different tokens."""
+    from ppllm.lm.base import SampleToken, draw_from_rows
+
+    reqs = _draw_requests(tiny, 8, seed=1)
+    got = tiny.sample_tokens(reqs)
+    shifted = [SampleToken(r.backend, r.tokens, r.dist, reqs[(i + 1) % len(reqs)].u) for i, r in enumerate(reqs)]
+    wrong = draw_from_rows(shifted, tiny.logprobs([r.tokens for r in reqs]))
+    assert [g.token for g in got] != [w.token for w in wrong]
+
+
+def test_draws_move_scalars_not_rows(tiny):
+    """A draw brings three numbers per particle to the host; a full-row request a whole
+    float64 vocabulary row."""
+    reqs = _draw_requests(tiny, 8, seed=3)
+    before = tiny.stats["bytes_to_host"]
+    tiny.sample_tokens(reqs)
+    assert tiny.stats["bytes_to_host"] - before == 3 * 8 * len(reqs)
+    before = tiny.stats["bytes_to_host"]
+    tiny.logprobs([r.tokens for r in reqs])
+    assert tiny.stats["bytes_to_host"] - before == 8 * tiny.vocab_size * len({r.tokens for r in reqs})

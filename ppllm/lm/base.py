@@ -34,7 +34,7 @@ import numpy as np
 from ..distributions import Distribution, Draw
 from ..program import Shared
 from ..request import Request
-from ..rng import Rng
+from ..rng import Rng, SeededRng, categorical_from_uniform
 
 __all__ = [
     "LM",
@@ -46,7 +46,9 @@ __all__ = [
     "ContinuationLogprobs",
     "ChunkSample",
     "SampleChunk",
+    "SampleToken",
     "ScoreTokens",
+    "TokenDraw",
     "transform_logprobs",
 ]
 
@@ -165,6 +167,52 @@ class ScoreTokens(Request):
         return ("score", self.tokens, self.continuation)
 
 
+@dataclass(frozen=True)
+class TokenDraw:
+    """A token a backend drew: the token, log q (what it was drawn from), log p (the model)."""
+
+    token: int
+    log_q: float
+    log_p: float
+
+
+class SampleToken(Request):
+    """"Draw the next token after `tokens` from `dist`'s settings by inverse CDF at `u`".
+
+    The uniform comes from the particle's own stream, so the answer is a function of the
+    request alone (whatever else shares the batch), and only three scalars come back: a
+    backend can keep the logits where they are (an accelerator) and draw there.
+    """
+
+    __slots__ = ("backend", "tokens", "dist", "u")
+
+    tokens_cost = 1
+
+    def __init__(self, lm: LM, tokens: tuple[int, ...], dist: _Sampling, u: float) -> None:
+        self.backend = lm
+        self.tokens = tokens
+        self.dist = dist
+        self.u = float(u)
+
+    def key(self) -> Hashable:
+        d = self.dist
+        mask = None if d.mask is None else id(d.mask)
+        return ("draw", self.tokens, d.temperature, d.top_p, mask, self.u)
+
+    def cost_key(self) -> Hashable:
+        return ("next", self.tokens)  # draws after one context share its forward
+
+
+def draw_from_rows(requests: Sequence[SampleToken], rows: Sequence[np.ndarray]) -> list[TokenDraw]:
+    """Each request's draw from its context's float64 log-probability row (the host path)."""
+    out = []
+    for r, base in zip(requests, rows, strict=True):
+        lq = r.dist.transform(base)
+        tok = categorical_from_uniform(np.exp(lq), r.u)
+        out.append(TokenDraw(tok, float(lq[tok]), float(base[tok])))
+    return out
+
+
 def transform_logprobs(
     logprobs: np.ndarray,
     temperature: float = 1.0,
@@ -246,6 +294,8 @@ class LM(Shared):
                 got: list[Any] = self.logprobs([r.tokens for r in reqs])  # type: ignore[attr-defined]
             elif kind is ContinuationLogprobs:
                 got = self.continuation_logprobs([(r.tokens, r.continuation) for r in reqs])  # type: ignore[attr-defined]
+            elif kind is SampleToken:
+                got = self.sample_tokens(reqs)  # type: ignore[arg-type]
             elif kind is SampleChunk:
                 got = self.sample_chunks(reqs)  # type: ignore[arg-type]
             elif kind is ScoreTokens:
@@ -261,6 +311,15 @@ class LM(Shared):
         rows = self.continuation_logprobs(pairs)
         return [np.array([row[t] for row, t in zip(r, cont, strict=True)], dtype=np.float64)
                 for r, (_, cont) in zip(rows, pairs, strict=True)]
+
+    def sample_tokens(self, requests: Sequence[SampleToken]) -> list[TokenDraw]:
+        """Each request's token, drawn at its own uniform from its context's row (one row per
+        distinct context)."""
+        where: dict[tuple[int, ...], int] = {}
+        for r in requests:
+            where.setdefault(r.tokens, len(where))
+        rows = self.logprobs(list(where))
+        return draw_from_rows(requests, [rows[where[r.tokens]] for r in requests])
 
     def sample_chunks(self, requests: Sequence[SampleChunk]) -> list[ChunkSample]:
         """Sample each requested chunk with its own seed: one batched `logprobs` call per
@@ -377,7 +436,10 @@ class NextToken(_Sampling, Distribution):
     """The next token's distribution under the LM (optionally tempered / masked / top-p)."""
 
     async def sample(self, rng: Rng) -> Draw:
-        base = await NextTokenLogprobs(self.lm, self.ctx.tokens)
+        if isinstance(rng, SeededRng):  # the backend draws at this particle's uniform
+            got: TokenDraw = await SampleToken(self.lm, self.ctx.tokens, self, rng.random())
+            return Draw(got.token, got.log_q, {"model_log_prob": got.log_p, "source": self._src()})
+        base = await NextTokenLogprobs(self.lm, self.ctx.tokens)  # e.g. the exact oracle's Rng
         lq = self.transform(base)
         tok = rng.categorical(np.exp(lq))
         return Draw(tok, float(lq[tok]), {"model_log_prob": float(base[tok]), "source": self._src()})
@@ -432,12 +494,18 @@ class ChunkDistribution(_Sampling, Distribution):
             return Draw(Chunk(got.tokens, got.text), got.log_q, extras)
         tokens: tuple[int, ...] = ()
         log_q = log_p = 0.0
+        seeded = isinstance(rng, SeededRng)
         while True:
-            base = await NextTokenLogprobs(self.lm, self.ctx.tokens + tokens)
-            lq = self.transform(base)
-            tok = rng.categorical(np.exp(lq))
-            log_q += float(lq[tok])
-            log_p += float(base[tok])
+            if seeded:  # drawn by the backend at this particle's uniform
+                got: TokenDraw = await SampleToken(self.lm, self.ctx.tokens + tokens, self, rng.random())
+                tok, lq_tok, lp_tok = got.token, got.log_q, got.log_p
+            else:
+                base = await NextTokenLogprobs(self.lm, self.ctx.tokens + tokens)
+                lq = self.transform(base)
+                tok = rng.categorical(np.exp(lq))
+                lq_tok, lp_tok = float(lq[tok]), float(base[tok])
+            log_q += lq_tok
+            log_p += lp_tok
             tokens += (tok,)
             if self._stops_after(tokens):
                 break

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import LM, Context
+from .base import LM, Context, SampleToken, TokenDraw
+from .sampling_torch import inverse_cdf, transform_logprobs_torch
 from .kv_cache import KVStore, TrieNode, buffer_layer_class, copy_back, make_buffer_cache
 
 __all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS"]
@@ -79,10 +80,13 @@ class HFLM(LM):
         self._has_logits_to_keep = "logits_to_keep" in forward
         n_layers, kv_heads, head_dim = self._kv_shape(text_config)
         self._kv = KVStore(n_layers, kv_heads, head_dim, self.dtype, self.device, kv_budget_tokens)
-        self._answers: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._answers: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # float64 rows
+        self._masks: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
+        self._resident: _Resident | None = None  # last round's batch buffers
         self._answer_budget = max(1, answer_cache_bytes // (8 * self.vocab_size))
         self._vocab_strings: list[str] | None = None
-        self.stats = {"forwards": 0, "rows": 0, "new_tokens": 0, "reused_tokens": 0, "answer_hits": 0}
+        self.stats = {"forwards": 0, "rows": 0, "new_tokens": 0, "reused_tokens": 0, "answer_hits": 0,
+                      "bytes_to_host": 0, "gathered": 0, "resident_in_place": 0, "resident_moved": 0}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -219,6 +223,7 @@ class HFLM(LM):
         """Forget every cached prefix and answer (results do not depend on it)."""
         self._kv.clear()
         self._answers.clear()
+        self._resident = None
 
     @property
     def cached_tokens(self) -> int:
@@ -227,26 +232,91 @@ class HFLM(LM):
     # ------------------------------------------------------------------ backend
     def logprobs(self, contexts: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
         """Next-token log-probabilities (float64) after each context: one batched forward."""
-        out: list[np.ndarray | None] = [None] * len(contexts)
-        todo: dict[tuple[int, ...], list[int]] = {}
+        where: dict[tuple[int, ...], int] = {}
+        for ctx in contexts:
+            where.setdefault(tuple(ctx), len(where))
+        rows = self._next_rows(list(where))
+        host = rows.cpu().numpy()  # zero-copy on CPU
+        self.stats["bytes_to_host"] += host.nbytes
+        host.setflags(write=False)
+        return [host[where[tuple(ctx)]] for ctx in contexts]
+
+    def sample_tokens(self, requests: Sequence[SampleToken]) -> list[TokenDraw]:
+        """Draw each request's token where the logits are (the model's device): temperature,
+        mask, top-p and the inverse-CDF draw at the particle's uniform run batched there, and
+        only (token, log q, log p) come back to the host."""
+        where: dict[tuple[int, ...], int] = {}
+        for r in requests:
+            where.setdefault(r.tokens, len(where))
+        rows = self._next_rows(list(where))
+        out: list[TokenDraw | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            d = r.dist
+            groups.setdefault((d.temperature, d.top_p, d.mask is None), []).append(i)
+        for members in groups.values():
+            d = requests[members[0]].dist
+            lp = rows.index_select(0, torch.tensor([where[requests[i].tokens] for i in members], device=self.device))
+            mask = None if d.mask is None else self._device_masks([requests[i].dist.mask for i in members])
+            lq = lp if d.is_plain else transform_logprobs_torch(lp, d.temperature, mask, d.top_p)
+            u = torch.tensor([requests[i].u for i in members], dtype=torch.float64, device=self.device)
+            tok = inverse_cdf(lq, u)
+            picked = torch.stack([tok.to(torch.float64), lq.gather(1, tok[:, None])[:, 0],
+                                  lp.gather(1, tok[:, None])[:, 0]], 1).cpu()
+            self.stats["bytes_to_host"] += picked.numel() * 8
+            for i, (t, q, p) in zip(members, picked.tolist(), strict=True):
+                out[i] = TokenDraw(int(t), q, p)
+        return out  # type: ignore[return-value]
+
+    def _device_masks(self, masks: list[np.ndarray]) -> torch.Tensor:
+        """The rows' masks on the device: (V,) when they are one array, else (G, V)."""
+        distinct: dict[int, int] = {}
+        for m in masks:
+            distinct.setdefault(id(m), len(distinct))
+        if len(distinct) == 1:
+            return self._device_mask(masks[0])
+        arrays = {id(m): m for m in masks}
+        stacked = torch.tensor(np.stack([arrays[k] for k in distinct]), device=self.device)
+        return stacked.index_select(0, torch.tensor([distinct[id(m)] for m in masks], device=self.device))
+
+    def _device_mask(self, mask: np.ndarray) -> torch.Tensor:
+        """A boolean vocabulary mask on the device, kept while the same array is in use."""
+        key = id(mask)
+        hit = self._masks.get(key)
+        if hit is None or hit[0] is not mask:
+            hit = (mask, torch.tensor(mask, dtype=torch.bool, device=self.device))
+            self._masks[key] = hit
+            while len(self._masks) > 8:
+                self._masks.pop(next(iter(self._masks)))
+        return hit[1]
+
+    def _next_rows(self, contexts: list[tuple[int, ...]]) -> torch.Tensor:
+        """(len(contexts), V) float64 next-token log-probabilities on the model's device;
+        distinct contexts expected. Remembered answers are reused, the rest is one forward."""
+        rows: list[torch.Tensor | None] = [None] * len(contexts)
+        todo: list[int] = []
         for i, ctx in enumerate(contexts):
-            ctx = tuple(ctx)
             hit = self._answers.get(ctx)
             if hit is not None:
                 self._answers.move_to_end(ctx)
                 self.stats["answer_hits"] += 1
-                out[i] = hit
+                rows[i] = hit
             else:
-                todo.setdefault(ctx, []).append(i)
+                todo.append(i)
         if todo:
-            rows = [(ctx, len(ctx) - 1) for ctx in todo]
-            for (ctx, idx), lp in zip(todo.items(), self._run(rows), strict=True):
-                row = lp[0]
-                row.setflags(write=False)
-                self._remember(ctx, row)
-                for i in idx:
-                    out[i] = row
-        return out  # type: ignore[return-value]
+            got = []
+            for logits, _ in self._run_batches([(contexts[i], len(contexts[i]) - 1) for i in todo]):
+                # float32 logits, normalised in float64: the weights see exactly normalised values
+                got.append(torch.log_softmax(logits[:, -1, :].to(torch.float64), dim=-1))
+            fresh = torch.cat(got) if len(got) > 1 else got[0]
+            for j, i in enumerate(todo):
+                rows[i] = fresh[j]
+                self._remember(contexts[i], fresh[j])
+        if not todo:
+            return torch.stack(rows)  # type: ignore[arg-type]
+        if len(todo) == len(contexts):
+            return fresh
+        return torch.stack(rows)  # type: ignore[arg-type]
 
     def continuation_logprobs(
         self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
@@ -262,13 +332,24 @@ class HFLM(LM):
             out[i] = lp
         return out
 
-    def _remember(self, ctx: tuple[int, ...], row: np.ndarray) -> None:
+    def _remember(self, ctx: tuple[int, ...], row: torch.Tensor) -> None:
         self._answers[ctx] = row
         while len(self._answers) > self._answer_budget:
             self._answers.popitem(last=False)
 
     def _run(self, rows: list[tuple[tuple[int, ...], int]]) -> list[np.ndarray]:
         """For each (tokens, keep_from): log-probs (float64) after tokens[:j+1], j >= keep_from."""
+        out: list[np.ndarray] = []
+        for logits, need in self._run_batches(rows):
+            lp = torch.log_softmax(logits.to(torch.float64), dim=-1).cpu().numpy()
+            self.stats["bytes_to_host"] += lp.nbytes
+            keep = lp.shape[1]
+            out.extend(lp[b, keep - need[b] :] for b in range(len(need)))
+        return out
+
+    def _run_batches(self, rows: list[tuple[tuple[int, ...], int]]) -> list[tuple[torch.Tensor, list[int]]]:
+        """Forward passes over (tokens, keep_from) rows, within `max_batch_positions` each:
+        per pass, float32 logits (B, keep, V) on the device and each row's positions needed."""
         for tokens, keep in rows:
             if keep < 0:
                 raise ValueError(
@@ -278,49 +359,39 @@ class HFLM(LM):
             if len(tokens) > self.max_positions:
                 raise ValueError(f"context of {len(tokens)} tokens exceeds {self.name}'s {self.max_positions} positions")
         plans = [(tokens, keep, self._kv.longest_prefix(tokens, keep)) for tokens, keep in rows]
-        out: list[np.ndarray] = []
+        out: list[tuple[torch.Tensor, list[int]]] = []
         batch: list = []
         cost = 0
         for plan in plans:
             tokens, _, node = plan
             width = len(tokens)
             if batch and (len(batch) + 1) * max(cost, width) > self.max_batch_positions:
-                out.extend(self._forward(batch))
+                out.append(self._forward(batch))
                 batch, cost = [], 0
             batch.append(plan)
             cost = max(cost, width)
         if batch:
-            out.extend(self._forward(batch))
+            out.append(self._forward(batch))
         self._kv.evict()
         return out
 
     @torch.no_grad()
-    def _forward(self, plans: list[tuple[tuple[int, ...], int, TrieNode]]) -> list[np.ndarray]:
+    def _forward(self, plans: list[tuple[tuple[int, ...], int, TrieNode]]) -> tuple[torch.Tensor, list[int]]:
         kv = self._kv
+        dev = self.device
         B = len(plans)
         past = [node.depth for _, _, node in plans]
         suffix = [tokens[d:] for (tokens, _, _), d in zip(plans, past, strict=True)]
         need = [len(tokens) - keep for tokens, keep, _ in plans]
-        P, S = max(past), max(len(s) for s in suffix)
-        W = P + S
-        # Gather every row's past KV for all layers at once; the S tail positions are filled in
-        # place by the forward pass itself (see kv_cache.make_buffer_cache).
-        idx = np.zeros((B, W), dtype=np.int64)
-        for b, (_, _, node) in enumerate(plans):
-            if past[b]:
-                idx[b, P - past[b] : P] = kv.path_of(node)
+        lens = [len(s) for s in suffix]
+        S = max(lens)
         n_layers, heads, dim = kv.shape
-        # Pool rows are (slot, head) pairs, so gathering them in (row, head, position) order
-        # yields contiguous (B, heads, W, head_dim) buffers, the layout attention runs fastest on.
-        head = torch.arange(heads).view(1, heads, 1)
-        rows = (torch.from_numpy(idx).view(B, 1, W) * heads + head).reshape(-1)
-        kbuf = kv.k.view(n_layers, -1, dim).index_select(1, rows).view(n_layers, B, heads, W, dim)
-        vbuf = kv.v.view(n_layers, -1, dim).index_select(1, rows).view(n_layers, B, heads, W, dim)
+        kbuf, vbuf, P = self._past_buffers(plans, past, S)
+        cap = kbuf.shape[3]
         keys = [kbuf[i] for i in range(n_layers)]
         values = [vbuf[i] for i in range(n_layers)]
         cache = make_buffer_cache(keys, values, P)
 
-        lens = [len(s) for s in suffix]
         ragged = any(p != P for p in past) or any(n != S for n in lens)
         if S == 1:  # the common round: one new token per row
             ids_np = np.array(suffix, dtype=np.int64)
@@ -337,8 +408,8 @@ class HFLM(LM):
             mask = self._mask(past, lens, P, S)
         keep = max(need)
         kwargs: dict[str, Any] = {
-            "input_ids": input_ids.to(self.device),
-            "position_ids": position_ids.to(self.device),
+            "input_ids": input_ids.to(dev),
+            "position_ids": position_ids.to(dev),
             "attention_mask": mask,
             self._cache_kwarg: cache,
             "use_cache": True,
@@ -350,36 +421,90 @@ class HFLM(LM):
             copy_back(cache, keys, values)
         self.stats["forwards"] += 1
         self.stats["rows"] += B
-        self.stats["new_tokens"] += sum(len(s) for s in suffix)
+        self.stats["new_tokens"] += sum(lens)
         self.stats["reused_tokens"] += sum(past)
-        # float32 logits, normalised in float64: the weights see exactly normalised float64 values.
-        lp = torch.log_softmax(logits.to(torch.float64), dim=-1).cpu().numpy()
-
-        # Store the new tokens' KV: one pool write for all rows and layers.
-        new_pos: list[int] = []
+        # Store the new tokens' KV in the pool: one write for all rows and layers.
+        new_pos: list[tuple[int, int]] = []
         new_slots: list[int] = []
+        lasts: list[TrieNode] = []
         for b, ((tokens, _, node), suf) in enumerate(zip(plans, suffix, strict=True)):
             slots = kv.alloc(len(suf))
             last, used = kv.insert(node, suf, slots, tokens)
-            unused = [s for s in slots if s not in set(used)]
-            kv.free.extend(unused)
+            taken = set(used)
+            kv.free.extend(s for s in slots if s not in taken)
             if used:
-                start = b * W + P + S - len(suf)
-                pos = {s: start + j for j, s in enumerate(slots)}
-                new_pos.extend(pos[s] for s in used)
+                start = P + S - len(suf)
+                where = {s: start + j for j, s in enumerate(slots)}
+                new_pos.extend((b, where[s]) for s in used)
                 new_slots.extend(used)
             kv.touch(last, tokens)
+            lasts.append(last)
         for _, _, node in plans:  # paths are kept on leaves only: O(depth) memory per branch
             if node.children and node.parent is not None:
                 node.path = None
         if new_slots:
-            pos = torch.tensor(new_pos, dtype=torch.long).view(-1, 1)
-            hs = torch.arange(heads).view(1, heads)
-            src = ((pos // W) * heads * W + hs * W + pos % W).reshape(-1)
-            dst = (torch.tensor(new_slots, dtype=torch.long).view(-1, 1) * heads + hs).reshape(-1)
+            bp = torch.tensor(new_pos, dtype=torch.long, device=dev)
+            hs = torch.arange(heads, device=dev).view(1, heads)
+            src = (bp[:, :1] * heads * cap + hs * cap + bp[:, 1:]).reshape(-1)
+            dst = (torch.tensor(new_slots, dtype=torch.long, device=dev).view(-1, 1) * heads + hs).reshape(-1)
             for pool, buf in ((kv.k, kbuf), (kv.v, vbuf)):
                 pool.view(n_layers, -1, dim).index_copy_(1, dst, buf.view(n_layers, -1, dim).index_select(1, src))
-        return [lp[b, keep - need[b] :] for b in range(B)]
+        # Keep this batch's buffers for the next round when every row's KV is contiguous in
+        # them (all suffixes equally long) and they fit the budget: rows that come back
+        # extended are then not gathered again.
+        if buffer_layer_class() is not None and all(n == S for n in lens) and B * cap <= kv.budget:
+            self._resident = _Resident(kbuf, vbuf, P + S, lasts)
+        else:
+            self._resident = None
+        return logits, need
+
+    def _past_buffers(
+        self, plans: list[tuple[tuple[int, ...], int, TrieNode]], past: list[int], S: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(layers, B, heads, capacity, head_dim) K and V buffers holding each row's past
+        right-aligned at position P, with room for S more; and P.
+
+        Rows that extend last round's rows reuse its buffers: in place when they are the same
+        rows in the same order, else rearranged whole along the batch dimension (after
+        resampling). Otherwise each row's past is gathered slot by slot from the pool.
+        """
+        kv = self._kv
+        dev = self.device
+        n_layers, heads, dim = kv.shape
+        res = self._resident
+        if res is not None:
+            rows = [res.row_of.get(id(node), -1) for _, _, node in plans]
+            if min(rows) >= 0:
+                P = res.end
+                if rows == list(range(res.k.shape[1])) and P + S <= res.k.shape[3]:
+                    self.stats["resident_in_place"] += 1
+                    return res.k, res.v, P
+                self.stats["resident_moved"] += 1
+                index = torch.tensor(rows, dtype=torch.long, device=dev)
+                if P + S <= res.k.shape[3]:
+                    return res.k.index_select(1, index), res.v.index_select(1, index), P
+                cap = P + S + max(32, P // 4)  # geometric headroom: growing is rare
+                out = []
+                for buf in (res.k, res.v):
+                    new = torch.empty(n_layers, len(rows), heads, cap, dim, dtype=buf.dtype, device=dev)
+                    new[:, :, :, :P] = buf[:, :, :, :P].index_select(1, index)
+                    out.append(new)
+                return out[0], out[1], P
+        self._resident = None  # about to be replaced: let it go before gathering
+        self.stats["gathered"] += 1
+        P = max(past)
+        B, W = len(plans), P + S
+        idx = np.zeros((B, W), dtype=np.int64)
+        for b, (_, _, node) in enumerate(plans):
+            if past[b]:
+                idx[b, P - past[b] : P] = kv.path_of(node)
+        # Pool rows are (slot, head) pairs, so gathering them in (row, head, position) order
+        # yields contiguous (B, heads, W, head_dim) buffers, the layout attention runs fastest on.
+        head = torch.arange(heads, device=dev).view(1, heads, 1)
+        rows_t = (torch.from_numpy(idx).to(dev).view(B, 1, W) * heads + head).reshape(-1)
+        kbuf = kv.k.view(n_layers, -1, dim).index_select(1, rows_t).view(n_layers, B, heads, W, dim)
+        vbuf = kv.v.view(n_layers, -1, dim).index_select(1, rows_t).view(n_layers, B, heads, W, dim)
+        return kbuf, vbuf, P
 
     def _mask(self, past: list[int], lens: list[int], P: int, S: int) -> torch.Tensor:
         """(B, 1, S, P+S) boolean mask: each real query sees its own past and earlier suffix
@@ -399,6 +524,18 @@ class HFLM(LM):
 
     def __repr__(self) -> str:
         return f"HFLM({self.name!r}, vocab_size={self.vocab_size}, cached_tokens={self.cached_tokens})"
+
+
+class _Resident:
+    """Last round's batch KV buffers: row b holds the whole past of node `lasts[b]`,
+    right-aligned at `end`."""
+
+    __slots__ = ("k", "v", "end", "lasts", "row_of")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, end: int, lasts: list[TrieNode]) -> None:
+        self.k, self.v, self.end = k, v, end
+        self.lasts = lasts  # keeps the nodes alive, so their ids stay theirs
+        self.row_of = {id(node): b for b, node in enumerate(lasts)}
 
 
 def _tf_version() -> tuple[int, int]:

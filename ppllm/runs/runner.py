@@ -310,12 +310,15 @@ def run_recipe(
         if bar is not None:
             bar.close()
     finished = len(Record(out).read())
+    sampled = time.perf_counter()
     if log is not None and progress:
         log("writing the results (posteriors, plots, summary) ...")
     assemble(recipe, out)
     result = write_report(out, progress=progress)
+    now = time.perf_counter()
+    # where the time went: the prompt-rounds themselves vs assembling files and plots
     result.update(prompt_rounds=finished, total_prompt_rounds=total, interrupted=interrupted,
-                  wall_seconds=time.perf_counter() - t0)
+                  wall_seconds=now - t0, sampling_seconds=sampled - t0, writing_seconds=now - sampled)
     if interrupted:
         raise Interrupted(finished, total, result)
     return result
