@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["load_arviz", "posteriors_from_arviz", "save_netcdf", "to_arviz"]
 
 RESERVED = ("text", "log_weight", "particle")
-NETCDF_ENGINE = "netcdf4"  # one engine for writing and reading: the two differ on strings
+# One engine for writing and reading, ArviZ's default, so `az.from_netcdf` reads our files as
+# written, and one HDF5 binding per process: h5py and netCDF4 loaded together can crash.
+NETCDF_ENGINE = "h5netcdf"
 
 
 def arviz_modules() -> tuple[Any, Any]:
@@ -193,11 +195,16 @@ def save_netcdf(idata: arviz.InferenceData, path: str | Path) -> None:
 
 
 def load_arviz(path: str | Path) -> arviz.InferenceData:
-    """`arviz.from_netcdf` with the engine `save_netcdf` writes with, without ArviZ's notices."""
+    """`arviz.from_netcdf` with the engine `save_netcdf` writes with, read into memory.
+
+    Eager loading closes the file at once, so a results file can be replaced (resume,
+    `ppllm report`) while what was read from it is still in use.
+    """
     az, _ = arviz_modules()
     if not Path(path).is_file():
         raise FileNotFoundError(f"no results file at {path}")
-    return quiet(lambda: az.from_netcdf(str(path), engine=NETCDF_ENGINE))
+    with az.rc_context({"data.load": "eager"}):
+        return quiet(lambda: az.from_netcdf(str(path), engine=NETCDF_ENGINE))
 
 
 def posteriors_from_arviz(idata: arviz.InferenceData) -> list[Posterior]:
