@@ -208,7 +208,7 @@ def bench_model(name: str, sizes: Sequence[tuple[int, int]], repeats: int, chunk
             for method, f in run.items():
                 if hasattr(lm, "stats"):
                     lm.stats = dict.fromkeys(lm.stats, 0)
-                wall, cpu, tokens[method] = _timed(lambda f=f: f(n, t))
+                wall, cpu, tokens[method] = _timed(lambda f=f, n=n, t=t: f(n, t))
                 walls[method].append(wall)
                 cpus[method].append(cpu)
                 stats[method] = dict(lm.stats)

@@ -113,9 +113,8 @@ def check_recipe(recipe: Path, overrides: list[str], tmp_path: Path, capsys) -> 
     lm = build_lm(recipe_obj.model)
     runs = run_prompt(recipe_obj, 0, lm, build_reward(recipe_obj.reward, lm))
     memory = to_arviz(runs, prompt_variables(recipe_obj, 0), seed=recipe_obj.seed)
-    import arviz as az
 
-    disk = az.from_netcdf(str(out / "prompt-000" / "posterior.nc"))
+    disk = load_arviz(str(out / "prompt-000" / "posterior.nc"))
     for group in ["posterior", "sample_stats", "particles"]:
         xr.testing.assert_equal(memory[group], disk[group])
     timing = [v for v in memory["smc_stats"].data_vars if v == "budget_seconds"]
@@ -123,11 +122,11 @@ def check_recipe(recipe: Path, overrides: list[str], tmp_path: Path, capsys) -> 
     n_lines = sum(1 for _ in (out / "particles.jsonl").open())
     assert n_lines == sum(r.n for r in runs)
     if recipe_obj.kernel_name == "particle_gibbs":
-        chains = az.from_netcdf(str(out / "prompt-000" / "chains.nc"))["posterior"]
+        chains = load_arviz(str(out / "prompt-000" / "chains.nc"))["posterior"]
         assert dict(chains.sizes) == {"chain": recipe_obj.repeats, "draw": 2}  # one reference per sweep
         assert list(chains.data_vars) == ["reference"]
     if recipe_obj.kernel_name in ("mh", "pmmh"):  # MCMC: the chains, with acceptance, beside the pooled draws
-        chains = az.from_netcdf(str(out / "prompt-000" / "chains.nc"))
+        chains = load_arviz(str(out / "prompt-000" / "chains.nc"))
         assert dict(chains["posterior"].sizes) == {"chain": 2, "draw": 3}
         assert "accepted" in chains["sample_stats"]
     # the copied recipe runs again to the same results

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .base import LM, Context, SampleToken, TokenDraw
-from .sampling_torch import inverse_cdf, transform_logprobs_torch
 from .kv_cache import KVStore, TrieNode, buffer_layer_class, copy_back, make_buffer_cache
+from .sampling_torch import inverse_cdf, transform_logprobs_torch
 
 __all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS"]
 

@@ -97,6 +97,7 @@ class RunSection(_Section):
     out: str | None = None
     variables: list[str] | None = None
     window: int | None = Field(None, gt=0)  # prompt-rounds run together, sharing batched forwards
+    plots: int = Field(16, ge=0)  # per-prompt plots for this many prompts (`ppllm report --plots all`)
 
 
 def parse_section(model: type[_Section], name: str, data: Any) -> Any:

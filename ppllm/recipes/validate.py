@@ -98,6 +98,7 @@ class Recipe:
     out: str | None
     variables: list[str]
     window: int | None = None
+    plots: int = 16
 
 
 # ---------------------------------------------------------------------- reading
@@ -179,7 +180,7 @@ def validate(data: dict[str, Any], path: Path | None = None) -> Recipe:
         program_args=dict(prog.args), prompt_arg=prompt_arg, prompt_as=prompt_as,
         chat=prompts_t.chat, system=prompts_t.system, reward=reward, kernel_name=kernel_name,
         kernel_fn=kernel_fn, kernel_options=options, prompts=prompts, seed=run.seed,
-        repeats=run.repeats, out=run.out, variables=list(variables), window=run.window,
+        repeats=run.repeats, out=run.out, variables=list(variables), window=run.window, plots=run.plots,
     )
 
 

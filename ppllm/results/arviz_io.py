@@ -26,9 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["load_arviz", "posteriors_from_arviz", "save_netcdf", "to_arviz"]
 
 RESERVED = ("text", "log_weight", "particle")
-# One engine for writing and reading, ArviZ's default, so `az.from_netcdf` reads our files as
-# written, and one HDF5 binding per process: h5py and netCDF4 loaded together can crash.
-NETCDF_ENGINE = "h5netcdf"
+# One engine for writing and reading: netCDF4 writes 6x and reads 4x faster than h5netcdf on
+# these files (benchmarks/dataset_runner.py spends most of its writing phase here), and one
+# HDF5 binding per process: h5py (behind ArviZ's default engine) and netCDF4 loaded together
+# have crashed a process reading lazily. Read files with `load_arviz`, or
+# `az.from_netcdf(path, engine="netcdf4")`.
+NETCDF_ENGINE = "netcdf4"
 
 
 def arviz_modules() -> tuple[Any, Any]:

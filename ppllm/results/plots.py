@@ -35,7 +35,8 @@ def _save(fig: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+        fig.tight_layout()  # one layout pass; bbox_inches="tight" would draw the figure twice
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
         os.replace(tmp, path)
     finally:
         _plt().close(fig)
@@ -44,8 +45,22 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_diagnostics(post: Posterior, path: str | Path) -> Path:
-    """ESS/N over steps with resampling events marked, beside the final normalised weights."""
+def _integer_ticks(*axes: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _noted(title: str, note: str | None) -> str:
+    return f"{title}\n({note})" if note else title
+
+
+def plot_diagnostics(post: Posterior, path: str | Path, note: str | None = None) -> Path:
+    """ESS/N over steps with resampling events marked, beside the final normalised weights.
+
+    `note` is added to the title, e.g. which of several runs the figure shows.
+    """
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     n = max(post.n, 1)
@@ -60,7 +75,8 @@ def plot_diagnostics(post: Posterior, path: str | Path) -> Path:
     else:
         ax1.text(0.5, 0.5, "no per-step records", ha="center", va="center", transform=ax1.transAxes)
     ax1.set_xlabel("step")
-    ax1.set_title("effective sample size")
+    ax1.set_title(_noted("effective sample size", note))
+    _integer_ticks(ax1.xaxis, ax2.xaxis)
     if post.ok:
         W = post.weights
         ax2.bar(np.arange(post.n), W, color="C0")
@@ -73,7 +89,7 @@ def plot_diagnostics(post: Posterior, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_genealogy(post: Posterior, path: str | Path) -> Path:
+def plot_genealogy(post: Posterior, path: str | Path, note: str | None = None) -> Path:
     """Lines from each particle's ancestor to it at every step; surviving lineages in colour."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -95,7 +111,8 @@ def plot_genealogy(post: Posterior, path: str | Path) -> Path:
     ax.set_xlabel("generation (shaded: resampled in that step)")
     ax.set_ylabel("particle")
     n_lin = post.n_lineages()[0] if T else post.n
-    ax.set_title(f"genealogy: {n_lin} of {post.n} initial particles have descendants")
+    ax.set_title(_noted(f"genealogy: {n_lin} of {post.n} initial particles have descendants", note))
+    _integer_ticks(ax.xaxis, ax.yaxis)
     return _save(fig, path)
 
 

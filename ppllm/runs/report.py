@@ -88,8 +88,9 @@ def write_report(out: str | Path, progress: bool = False, max_plots: int | None 
         rows.append(row)
         plotted = max_plots is None or len(rows) <= max_plots
         if plotted:
-            plot_diagnostics(first, d / "diagnostics.png")
-            plot_genealogy(first, d / "genealogy.png")
+            note = f"round 0 of {len(posts)}" if len(posts) > 1 else None
+            plot_diagnostics(first, d / "diagnostics.png", note)
+            plot_genealogy(first, d / "genealogy.png", note)
             plot_answers(_pooled(posts, fn), d / "answers.png", truth=ref)
         lines += _prompt_section(row, posts, fn, plotted)
     scored = [r["correct"] for r in rows if r["correct"] is not None]

@@ -314,7 +314,7 @@ def run_recipe(
     if log is not None and progress:
         log("writing the results (posteriors, plots, summary) ...")
     assemble(recipe, out)
-    result = write_report(out, progress=progress)
+    result = write_report(out, progress=progress, max_plots=recipe.plots)
     now = time.perf_counter()
     # where the time went: the prompt-rounds themselves vs assembling files and plots
     result.update(prompt_rounds=finished, total_prompt_rounds=total, interrupted=interrupted,
