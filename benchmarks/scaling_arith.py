@@ -98,11 +98,11 @@ def run_method(ctx: dict, method: str, prm: str, operands, budget: int, seed: in
     if method in ("pf_puri", "pf_ratio"):
         weighting = method[3:]
         prog = program_for(ctx, prm, operands, "ratio" if weighting == "ratio" else "none")
-        post = particle_filter.run(prog, budget, seed=seed, weighting=weighting, answer_fn=_answer)
+        post = particle_filter.run(prog, budget, seed=seed, weighting=weighting, select="argmax", answer_fn=_answer)
     elif method == "pg":
         it = pg_iterations(budget)
         post = particle_gibbs.run(program_for(ctx, prm, operands, "ratio"), budget // it, it, seed=seed,
-                                  answer_fn=_answer)
+                                  select="argmax", answer_fn=_answer)
     elif method in ("beam", "dvts"):
         kernel = beam_search.run if method == "beam" else dvts.run
         post = kernel(program_for(ctx, prm, operands, "none"), budget, min(4, budget), seed=seed,

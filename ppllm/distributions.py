@@ -183,7 +183,7 @@ class TorchDistribution(Distribution):
             values, logp = table
             hits = [i for i, v in enumerate(values) if v == value]
             return float(logp[hits[0]]) if hits else -math.inf
-        v = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        v = value if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=_dtype_of(self.dist))
         if v.dtype == torch.float64 and hasattr(self.dist, "mean"):
             v = v.to(self.dist.mean.dtype)
         try:
@@ -212,6 +212,22 @@ class NumpyroDistribution(Distribution):
 
     async def log_prob(self, value: Any) -> float:
         return float(np.sum(np.asarray(self.dist.log_prob(value), dtype=np.float64)))
+
+
+def _dtype_of(dist: Any) -> Any:
+    """The floating dtype a torch distribution computes in (a Python float value is read at
+    it, not at torch's float32 default), or None for integer-valued ones."""
+    import torch
+
+    try:
+        mean = dist.mean
+    except (NotImplementedError, AttributeError):
+        return None
+    if not isinstance(mean, torch.Tensor) or not mean.is_floating_point():
+        return None
+    if getattr(dist, "support", None) is not None and getattr(dist.support, "is_discrete", False):
+        return None
+    return mean.dtype
 
 
 def _seed_from(rng: Rng) -> int:

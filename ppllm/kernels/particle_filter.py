@@ -25,8 +25,9 @@ The program's own weight increments (zero for a program that samples from the LM
 records scores) multiply G_t.
 
 Answer selection (`select`): "argmax" — the particle with the highest final score
-(its_hub's default); "sample" — one particle ∝ softmax(final logits) in puri mode, ∝ its
-weight in ratio mode. Budget unit: one particle = one full generation.
+(its_hub's default, and ppllm's for puri); "sample" — one particle ∝ softmax(final logits)
+in puri mode, ∝ its weight in ratio mode (ppllm's default for ratio, whose particles need
+not record a score). Budget unit: one particle = one full generation.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .selection import (
     AnswerFn,
     ScoreFn,
     check_prm_options,
+    default_select,
     recorded_score,
     score_logits,
     scores_of,
@@ -126,7 +128,7 @@ def run(
     score_fn: ScoreFn = recorded_score,
     resampler: str | Resampler | None = None,
     ess_threshold: float = 1.0,
-    select: str = "argmax",
+    select: str | None = None,
     answer_fn: AnswerFn = particle_text,
     max_steps: int = 10_000,
     engine: Engine | None = None,
@@ -138,6 +140,7 @@ def run(
     `ess_threshold` applies to ratio mode only (1 = resample every step, as published).
     """
     rng = as_rng(rng if rng is not None else seed)
+    select = default_select(weighting, select)
     check_prm_options(weighting, tau, select)
     if not 0 <= ess_threshold:
         raise ValueError(f"ess_threshold must be >= 0, got {ess_threshold}")

@@ -55,6 +55,7 @@ from .selection import (
     AnswerFn,
     ScoreFn,
     check_prm_options,
+    default_select,
     recorded_score,
     score_logits,
     scores_of,
@@ -200,7 +201,7 @@ def run(
     weighting: str = "ratio",
     tau: float = 1.0,
     score_fn: ScoreFn = recorded_score,
-    select: str = "argmax",
+    select: str | None = None,
     answer_fn: AnswerFn = particle_text,
     reference: Trajectory | None = None,
     max_steps: int = 10_000,
@@ -212,11 +213,12 @@ def run(
     Returns the last sweep's weighted particles. `log_Z` is the first (unconditional)
     sweep's unbiased estimate (NaN when the chain starts from a given reference);
     conditional sweeps' estimates are not unbiased. `select`: "argmax" — highest final
-    score in the last sweep; "sample" — the last reference drawn (∝ final weights, or ∝
-    softmax of final logits for puri). `extras["chains"]` holds the chain of reference
+    score in the last sweep (the default for puri); "sample" — the last reference drawn (∝
+    final weights, or ∝ softmax of final logits for puri; the default for ratio). `extras["chains"]` holds the chain of reference
     answers, one draw per sweep.
     """
     rng = as_rng(rng if rng is not None else seed)
+    select = default_select(weighting, select)
     check_prm_options(weighting, tau, select)
     engine = engine or Engine()
     config = {"n_particles": n_particles, "n_iterations": n_iterations, "weighting": weighting,

@@ -43,7 +43,8 @@ def recorded_score(program: Program) -> float:
     s = getattr(program, "prefix_score", None)
     if s is None:
         raise AttributeError(
-            f"{type(program).__name__} has no `prefix_score`; pass score_fn= to read its score"
+            f"{type(program).__name__} has no `prefix_score` to rank particles by: record one in "
+            "step(), pass score_fn= to read another score, or select by weight (select=\"sample\")"
         )
     return float(s)
 
@@ -64,6 +65,17 @@ def score_logits(programs: Sequence[Program], score_fn: ScoreFn, tau: float = 1.
     if len(bad):
         raise ValueError(f"score_fn gave {s[bad[0]]} for particle {bad[0]}; scores must be in [0, 1]")
     return np.asarray(odds(s), dtype=np.float64) / tau
+
+
+def default_select(weighting: str, select: str | None) -> str:
+    """`select` when given; else "argmax" for puri (as published) and "sample" for ratio.
+
+    The ratio weighting targets a distribution whose weights are what to select by; its
+    particles need not record a score at all, which "argmax" would read.
+    """
+    if select is not None:
+        return select
+    return "argmax" if weighting == "puri" else "sample"
 
 
 def check_prm_options(weighting: str, tau: float, select: str) -> None:

@@ -25,7 +25,8 @@ def same_answer(a: Any, b: Any) -> bool:
 PLOTTED_PROMPTS = 16  # per-prompt plots are drawn for this many prompts by default
 
 
-def write_report(out: str | Path, progress: bool = False, max_plots: int | None = PLOTTED_PROMPTS) -> dict[str, Any]:
+def write_report(out: str | Path, progress: bool = False, max_plots: int | None = PLOTTED_PROMPTS,
+                 loaded: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.md, results.json and the plots of a results directory, from its files alone.
 
     Per-prompt plots (diagnostics, genealogy, answers) are drawn for the first `max_plots`
@@ -54,7 +55,8 @@ def write_report(out: str | Path, progress: bool = False, max_plots: int | None 
     for d in pdirs:
         if bar is not None:
             bar.update(1)
-        idata = load_arviz(str(d / "posterior.nc"))
+        # `loaded`: what the runner has just written, so it is not read back from disk
+        idata = loaded[d.name] if loaded and d.name in loaded else load_arviz(str(d / "posterior.nc"))
         posts = posteriors_from_arviz(idata)
         attrs = idata["posterior"].attrs
         ref = json.loads(attrs["reference_answer"]) if "reference_answer" in attrs else None

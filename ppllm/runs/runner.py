@@ -234,9 +234,12 @@ def _json_ready(draw: Any) -> Any:
     return {k: json_value(v) for k, v in draw.items()} if isinstance(draw, dict) else draw
 
 
-def assemble(recipe: Recipe, out: Path) -> None:
-    """Each prompt's posterior.nc (and chains.nc) from its round files; particles.jsonl."""
-    lines = []
+def assemble(recipe: Recipe, out: Path) -> dict[str, Any]:
+    """Each prompt's posterior.nc (and chains.nc) from its round files; particles.jsonl.
+
+    Returns the InferenceData written for each prompt directory, by directory name.
+    """
+    lines, written = [], {}
     for i, prompt in enumerate(recipe.prompts):
         pdir = out / f"prompt-{i:03d}"
         present = [r for r in range(recipe.repeats) if (pdir / f"round-{r:03d}.json").is_file()]
@@ -259,6 +262,7 @@ def assemble(recipe: Recipe, out: Path) -> None:
             attrs["selected_answers"] = json.dumps(selected)
         with atomic_path(pdir / "posterior.nc") as tmp:
             save_netcdf(idata, tmp)
+        written[pdir.name] = idata
         chain_files = [pdir / f"round-{r:03d}.chains.nc" for r in present]
         if chain_files and all(f.is_file() for f in chain_files):
             import xarray as xr
@@ -273,6 +277,7 @@ def assemble(recipe: Recipe, out: Path) -> None:
         for r in present:
             lines.append((pdir / f"round-{r:03d}.jsonl").read_text())
     atomic_write(out / "particles.jsonl", "".join(lines))
+    return written
 
 
 # ---------------------------------------------------------------------- running
@@ -313,8 +318,8 @@ def run_recipe(
     sampled = time.perf_counter()
     if log is not None and progress:
         log("writing the results (posteriors, plots, summary) ...")
-    assemble(recipe, out)
-    result = write_report(out, progress=progress, max_plots=recipe.plots)
+    written = assemble(recipe, out)
+    result = write_report(out, progress=progress, max_plots=recipe.plots, loaded=written)
     now = time.perf_counter()
     # where the time went: the prompt-rounds themselves vs assembling files and plots
     result.update(prompt_rounds=finished, total_prompt_rounds=total, interrupted=interrupted,
