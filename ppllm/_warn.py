@@ -11,7 +11,7 @@ _PACKAGE = str(Path(__file__).resolve().parent)
 
 def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
     """`warnings.warn` with the stack level of the first frame outside the ppllm package."""
-    level = 1
+    level = 2  # stacklevel 1 is this function; 2 its caller
     frame = sys._getframe(1)
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
         frame = frame.f_back

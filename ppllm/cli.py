@@ -24,7 +24,9 @@ from .recipes import RecipeError
 __all__ = ["main"]
 
 # run-time failures that are the environment's, not ppllm's: reported as one line (exit 1)
-USER_ERRORS = {"ServedLMError"}
+PROGRAM_ERRORS = {"ProgramError"}  # the user's program raised: their mistake, exit status 2
+USER_ERRORS = {"ServedLMError", *PROGRAM_ERRORS}
+DEBUG_HINT = " (`ppllm --debug ...` shows the traceback)"
 
 
 def _json_default(v: Any) -> Any:
@@ -155,11 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # a served LM that failed, a kernel that could not finish
+    except RuntimeError as e:  # a served LM that failed, a program that raised
         if args.debug or type(e).__name__ not in USER_ERRORS:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"error: {e}{DEBUG_HINT}", file=sys.stderr)
+        return 2 if type(e).__name__ in PROGRAM_ERRORS else 1
+    except (ValueError, TypeError, OSError) as e:  # a bad value met at run time
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e}{DEBUG_HINT}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

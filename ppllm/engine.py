@@ -77,7 +77,7 @@ class Engine:
                     raise WeightError(f"particle {s}{_at(t)}: {e}") from e
                 except Exception as e:
                     raise ProgramError(
-                        f"particle {s}{_at(t)} raised {type(e).__name__}: {e}"
+                        f"particle {s}{_at(t)} raised {type(e).__name__}: {e}{_hint(e)}"
                     ) from e
                 if not isinstance(req, Request):
                     coros[s].close()
@@ -274,6 +274,13 @@ class SharedRounds:
                     out.append(([got[idx[r.key()]] for r in reqs], calls))
                 self._results[me] = out
                 self._events[me].set()
+
+
+def _hint(e: Exception) -> str:
+    """What a coroutine in an error message usually means in a step."""
+    if "'coroutine'" in str(e):  # the type name in Python's own messages
+        return " (a primitive used without `await`? write `x = await self.sample(...)`)"
+    return ""
 
 
 def _at(t: int | None) -> str:

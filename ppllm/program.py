@@ -18,6 +18,7 @@ Kernels resample, fork, score or replay particles between steps, never inside on
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,7 +146,15 @@ class Program:
         user = {k: v for k, v in self.__dict__.items() if k != _STATE}
         # read-only arrays (a token mask, a table) are constants: shared, not copied
         memo = {id(v): v for v in user.values() if isinstance(v, np.ndarray) and not v.flags.writeable}
-        new.__dict__.update(copy.deepcopy(user, memo))
+        try:
+            new.__dict__.update(copy.deepcopy(user, memo))
+        except Exception as e:  # name the attribute: deepcopy's own error does not
+            name = _uncopyable(user, memo)
+            raise TypeError(
+                f"cannot copy {type(self).__name__}.{name} ({type(user[name]).__name__}: {e}); particles are "
+                f"copied on resampling, so wrap what they share in ppllm.Shared (LMs and reward models are "
+                f"already)" if name else f"cannot copy {type(self).__name__}: {e}"
+            ) from e
         new.__dict__[_STATE] = _ParticleState(
             trace=state.trace,
             n_choices=state.n_choices,
@@ -252,6 +261,15 @@ class Program:
         return lp
 
 
+def _uncopyable(user: dict[str, Any], memo: dict[int, Any]) -> str | None:
+    for k, v in user.items():
+        try:
+            copy.deepcopy(v, dict(memo))
+        except Exception:
+            return k
+    return None
+
+
 # ---------------------------------------------------------------------- stepping
 async def run_step(program: Program, rng: Rng) -> float:
     """One transition of `program`: undo the last twist, run `step`, return the log-weight.
@@ -264,7 +282,10 @@ async def run_step(program: Program, rng: Rng) -> float:
     pp.counter = 0
     pp.step_logw = -pp.twist
     pp.twist = 0.0
-    await program.step()
+    pending = program.step()
+    if not inspect.isawaitable(pending):
+        raise TypeError(f"{type(program).__name__}.step must be a coroutine: write `async def step(self):`")
+    await pending
     if pp.finished and pp.twist != 0.0:
         pp.step_logw -= pp.twist
         pp.twist = 0.0

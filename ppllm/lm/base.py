@@ -37,6 +37,7 @@ from ..request import Request
 from ..rng import Rng, SeededRng, categorical_from_uniform
 
 __all__ = [
+    "check_token_ids",
     "LM",
     "Context",
     "Chunk",
@@ -236,6 +237,20 @@ def transform_logprobs(
         lp[dropped] = -np.inf
         lp = lp - _logsumexp(lp)
     return lp
+
+
+def check_token_ids(tokens: Any, vocab_size: int, lm_name: str) -> None:
+    """ValueError naming the first id outside [0, vocab_size): an LM must never index past
+    its vocabulary (torch would fail deep inside an embedding, a table would read garbage)."""
+    arr = np.asarray(tokens)
+    if arr.size == 0:
+        return
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got {arr.dtype} ({list(arr.reshape(-1)[:5])!r})")
+    bad = np.flatnonzero((arr < 0) | (arr >= vocab_size))
+    if len(bad):
+        raise ValueError(f"token id {int(arr.reshape(-1)[bad[0]])} is outside the vocabulary of {lm_name} "
+                         f"(ids 0..{vocab_size - 1})")
 
 
 def _logsumexp(x: np.ndarray) -> float:

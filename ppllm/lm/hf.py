@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import LM, Context, SampleToken, TokenDraw
+from .base import LM, Context, SampleToken, TokenDraw, check_token_ids
 from .kv_cache import KVStore, TrieNode, buffer_layer_class, copy_back, make_buffer_cache
 from .sampling_torch import inverse_cdf, transform_logprobs_torch
 
@@ -135,6 +135,12 @@ class HFLM(LM):
             config = AutoConfig.from_pretrained(path, **opts)
         except (ValueError, KeyError, OSError) as err:
             raise ValueError(f"cannot read a model config from {path}: {err}") from err
+        heads = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+        if heads and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in heads):
+            raise ValueError(
+                f"{path} holds a {heads[0]}, which is not a causal LM: its weights would load "
+                "into a language-model head they were not trained for"
+            )
         if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
             raise ValueError(
                 f"{path} holds a {config.model_type!r} model, which is not a causal LM "
@@ -192,6 +198,7 @@ class HFLM(LM):
 
     def decode(self, tokens: Sequence[int]) -> str:
         """Text of `tokens`; stop tokens (EOS, end of turn) are left out."""
+        check_token_ids(list(tokens), self.vocab_size, self.name)
         stops = self.eos_token_ids
         return self.tokenizer.decode([int(t) for t in tokens if int(t) not in stops],
                                      clean_up_tokenization_spaces=False)
@@ -402,6 +409,8 @@ class HFLM(LM):
             for b, suf in enumerate(suffix):
                 ids_np[b, S - lens[b] :] = suf
                 pos_np[b, S - lens[b] :] = np.arange(past[b], past[b] + lens[b])
+        if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.vocab_size):
+            check_token_ids(ids_np, self.vocab_size, self.name)
         input_ids, position_ids = torch.from_numpy(ids_np), torch.from_numpy(pos_np)
         mask = None
         if ragged or (S > 1 and P > 0):

@@ -12,7 +12,7 @@ from itertools import product
 
 import numpy as np
 
-from .base import LM
+from .base import LM, check_token_ids
 
 __all__ = ["ToyLM"]
 
@@ -88,11 +88,14 @@ class ToyLM(LM):
     def logprobs(self, contexts: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
         out = []
         for tokens in contexts:
+            if tokens and not 0 <= tokens[-1] < self.vocab_size:
+                check_token_ids(tokens, self.vocab_size, self.name)
             key = tokens[-(self.order - 1) :] if self.order > 1 else ()
             if len(tokens) < self.order - 1:
                 key = ("short", *tokens)  # near the start the BOS position matters
             row = self._cache.get(key)
             if row is None:
+                check_token_ids(tokens, self.vocab_size, self.name)
                 row = self._row(tokens)
                 self._cache[key] = row
             out.append(row)
@@ -116,4 +119,5 @@ class ToyLM(LM):
         return out
 
     def decode(self, tokens: Sequence[int]) -> str:
+        check_token_ids(list(tokens), self.vocab_size, self.name)
         return "".join(self.vocab[t] for t in tokens if t != self.eos_token_id)

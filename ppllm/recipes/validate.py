@@ -41,6 +41,7 @@ from .schema import (
 
 __all__ = [
     "Prompt",
+    "attribute_names",
     "Recipe",
     "apply_overrides",
     "import_object",
@@ -373,6 +374,10 @@ def _prompts(table: PromptsSection, base: Path) -> list[Prompt]:
         raise RecipeError(where, "no prompts")
     out, ids = [], set()
     for i, item in enumerate(items):
+        if isinstance(item, str) or (isinstance(item, dict) and isinstance(item.get("prompt"), str)):
+            text = item if isinstance(item, str) else item["prompt"]
+            if not text.strip():
+                raise RecipeError(f"{where}[{i}]", "empty prompt")
         if isinstance(item, str):
             prompt = Prompt(text=item, id=str(i))
         elif isinstance(item, dict):
@@ -443,17 +448,30 @@ def call_spec(where: str, spec: dict[str, Any]) -> Callable[..., Any]:
     return obj
 
 
+def attribute_names(obj: Any) -> list[str]:
+    """The public data attributes and properties of an object (not its methods), for messages."""
+    cls = type(obj)
+    names = set(getattr(obj, "__dict__", {})) | {k for k in dir(cls) if isinstance(getattr(cls, k, None), property)}
+    return sorted(k for k in names if not k.startswith("_"))
+
+
 @dataclass(frozen=True)
 class Attr:
-    """`getattr(program, name)`, with a readable repr for configs."""
+    """`getattr(program, name)`, with a readable repr for configs; a missing attribute is the
+    recipe's mistake, reported against the option that named it."""
 
     name: str
+    where: str = ""
 
     def __call__(self, program: Any) -> Any:
         try:
             return getattr(program, self.name)
         except AttributeError:
-            raise AttributeError(f"{type(program).__name__} has no attribute {self.name!r}") from None
+            message = (f"{type(program).__name__} has no attribute {self.name!r} "
+                       f"(its particles have: {', '.join(attribute_names(program)) or 'none'})")
+            if self.where:
+                raise RecipeError(self.where, message) from None
+            raise AttributeError(message) from None
 
     def __repr__(self) -> str:
         return self.name
@@ -470,7 +488,7 @@ def callable_option(name: str, value: Any, base: Path | None = None) -> Callable
         return fn
     if not value.isidentifier():
         raise RecipeError(name, f"must be an attribute name or 'module:function', got {value!r}")
-    return Attr(value)
+    return Attr(value, name)
 
 
 def distribution_table(where: str, table: Any) -> dict[str, Any]:

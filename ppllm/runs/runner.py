@@ -40,6 +40,7 @@ import numpy as np
 from ..engine import Engine, SharedRounds
 from ..program import Program
 from ..recipes import Recipe, RecipeError, build_lm, build_program, build_reward, dump_recipe
+from ..recipes.validate import attribute_names
 from ..results import Chains, Posterior, json_value, load_arviz, save_netcdf, to_arviz
 from .record import (
     Record,
@@ -94,6 +95,8 @@ def run_job(recipe: Recipe, job: Job, lm: Any, reward: Any, engine: Engine | Non
         opts["engine"] = engine
     try:
         post = recipe.kernel_fn(program, seed=job.seed, **opts)
+    except RecipeError:
+        raise
     except ValueError as e:  # kernels reject bad option values (and combinations) this way
         raise RecipeError("kernel", f"{recipe.kernel_name}: {e}") from None
     if isinstance(post, Chains):
@@ -192,8 +195,30 @@ def _read_round(summary_path: Path, particles_path: Path) -> tuple[Posterior, di
     return post, meta
 
 
+def preflight(recipe: Recipe, prompts: list[int], lm: Any, reward: Any) -> None:
+    """Build every pending prompt's program before any runs: a prompt the tokenizer cannot
+    encode, one too long for the model or arguments the program refuses fail here, in one
+    line naming the prompt, not after earlier prompts have run. (Building is cheap: no
+    forward pass.)"""
+    for i in prompts:
+        build_program(recipe, recipe.prompts[i], lm, reward)
+
+
+def check_variables(recipe: Recipe, post: Posterior) -> None:
+    """A [run] variable that no particle has is a typo, not a column of nulls."""
+    programs = [p for p in post.particles if isinstance(p, Program)]
+    if not programs:
+        return
+    for name in recipe.variables:
+        if not any(hasattr(p, name) for p in programs):
+            known = ", ".join(attribute_names(programs[0])) or "none"
+            raise RecipeError("run.variables", f"{name!r} is not an attribute of the {type(programs[0]).__name__} "
+                              f"particles (they have: {known})")
+
+
 def commit(recipe: Recipe, out: Path, job: Job, post: Posterior, record: Record) -> dict[str, Any]:
     """Write one prompt-round's files atomically, then its record line."""
+    check_variables(recipe, post)
     prompt = recipe.prompts[job.prompt]
     variables = prompt_variables(recipe, job.prompt)
     summary, jsonl, chains_nc = _round_files(out, job)
@@ -298,6 +323,7 @@ def run_recipe(
     jobs = [Job(i, r, run_seed(recipe, i, r)) for r in range(recipe.repeats) for i in range(len(recipe.prompts))
             if (i, r) not in done]
     total = len(recipe.prompts) * recipe.repeats
+    preflight(recipe, sorted({j.prompt for j in jobs}), lm, reward)
     if log is not None:
         start_note = f", resuming: {len(done)} of {total} prompt-rounds already done" if resumed else ""
         log(f"{recipe.kernel_name} on {len(recipe.prompts)} prompt(s) × {recipe.repeats} → {out}{start_note}")
