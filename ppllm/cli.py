@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,8 +52,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(result, default=_json_default))
     elif not args.quiet:
         print((out / "summary.md").read_text().split("\nRecipe (as run)")[0].strip())
+        print(predictions_table(result.get("prompts", [])))
+        kernel = sum(float(b.get("seconds", 0.0)) for row in result.get("prompts", []) for b in row.get("budget", []))
+        print(f"time: {result.get('wall_seconds', 0.0):.1f} s wall ({result.get('sampling_seconds', 0.0):.2f} s "
+              f"running the prompt-rounds, {result.get('writing_seconds', 0.0):.1f} s writing files and plots); "
+              f"{kernel:.2f} s inside the kernels (summed over prompt-rounds that ran together)")
         print(f"results in {out}/ (summary.md, prompt-*/posterior.nc, particles.jsonl)")
     return 0
+
+
+def predictions_table(rows: list[dict[str, Any]], limit: int = 20) -> str:
+    """prompt | prediction | reference | correct, for the first `limit` prompts."""
+
+    def cell(v: Any, width: int) -> str:
+        text = "" if v is None else str(v).replace("\n", " ")
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    lines = ["", f"{'prompt':32}  {'prediction':24}  {'reference':12}  correct"]
+    for row in rows[:limit]:
+        ok = {True: "yes", False: "no"}.get(row.get("correct"), "")
+        lines.append(f"{cell(row.get('prompt'), 32):32}  {cell(row.get('prediction'), 24):24}  "
+                     f"{cell(row.get('reference'), 12):12}  {ok}")
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more prompts in summary.md")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -108,6 +131,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ppllm", description="Probabilistic inference over LM generation.")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    p.add_argument("--verbose", action="store_true", help="keep third-party libraries' notices and bars")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a recipe (inference/*.toml)")
     r.add_argument("recipe")
@@ -135,9 +159,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ppllm` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv[:1]
+    lead = 0  # global flags before the command
+    while lead < len(argv) and argv[lead] in ("--debug", "--verbose"):
+        lead += 1
+    if "--verbose" in argv[:lead]:
+        os.environ["PPLLM_VERBOSE"] = "1"
     # `demo ...` and `models train NAME ...` hand every later option (--help too) to their script
-    head = argv[1:] if debug else argv
+    head = argv[lead:]
     if head[:1] == ["demo"]:
         argv, tail = argv[: len(argv) - len(head) + 1], head[1:]
     elif head[:2] == ["models", "train"] and len(head) > 2:

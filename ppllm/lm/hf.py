@@ -15,7 +15,9 @@ batched matmuls, ~1e-6): sampling stays on the particle side (`ppllm.lm.base`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,12 +150,13 @@ class HFLM(LM):
             )
         # `torch_dtype` became `dtype` in transformers 4.56.
         dtype_kw = "dtype" if _tf_version() >= (4, 56) else "torch_dtype"
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, **opts, **{dtype_kw: dtype})
-        except OSError as err:
-            raise FileNotFoundError(f"cannot load the weights of {path}: {err}") from err
-        model.to(device)
-        tokenizer = AutoTokenizer.from_pretrained(path, **opts)
+        with _quiet_transformers():
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, **opts, **{dtype_kw: dtype})
+            except OSError as err:
+                raise FileNotFoundError(f"cannot load the weights of {path}: {err}") from err
+            model.to(device)
+            tokenizer = AutoTokenizer.from_pretrained(path, **opts)
         return cls(model, tokenizer, name=name, kv_budget_tokens=kv_budget_tokens, stop_token_ids=stop_ids, **kwargs)
 
     def _collect_stop_ids(self, extra: Sequence[int]) -> list[int]:
@@ -553,3 +556,22 @@ def _tf_version() -> tuple[int, int]:
     major, minor = transformers.__version__.split(".")[:2]
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Any:
+    """transformers' weight-loading bar and notices off while a model loads (the user's own
+    settings come back after); `PPLLM_VERBOSE=1` (`ppllm --verbose`) keeps them."""
+    if os.environ.get("PPLLM_VERBOSE"):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
