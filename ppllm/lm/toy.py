@@ -22,6 +22,10 @@ BOS = "<bos>"
 class ToyLM(LM):
     """n-gram LM. `tables[suffix] = probabilities over vocab` (suffixes are token-string tuples).
 
+    The row of the longest suffix of the context that has one is used; `()` is the fallback.
+    `"<bos>"` in a suffix stands for the start of the text, so `("<bos>", "a")` is the row
+    after a context that is exactly "a", and `("<bos>",)` the row of the empty context.
+
     >>> lm = ToyLM(["a", "b", "<eos>"], {(): [0.5, 0.3, 0.2]}, eos="<eos>")
     >>> round(float(np.exp(lm.logprobs([lm.context("ab").tokens])[0][2])), 3)
     0.2
@@ -45,6 +49,10 @@ class ToyLM(LM):
         self.name = name
         self.tables: dict[tuple[int, ...], np.ndarray] = {}
         for suffix, probs in tables.items():
+            unknown = [tok for tok in suffix if tok != BOS and tok not in self.index]
+            if unknown:
+                raise ValueError(f"table key {tuple(suffix)!r} has {unknown[0]!r}, which is neither in the "
+                                 f"vocabulary {self.vocab} nor {BOS!r} (the start of the text)")
             key = tuple(-1 if tok == BOS else self.index[tok] for tok in suffix)
             p = np.asarray(probs, dtype=np.float64)
             if p.shape != (self.vocab_size,) or np.any(p < 0) or not np.isclose(p.sum(), 1.0):

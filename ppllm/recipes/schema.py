@@ -98,6 +98,8 @@ class RunSection(_Section):
     variables: list[str] | None = None
     window: int | None = Field(None, gt=0)  # prompt-rounds run together, sharing batched forwards
     plots: int = Field(16, ge=0)  # per-prompt plots for this many prompts (`ppllm report --plots all`)
+    # which prediction the headline accuracy uses; every one is reported beside it
+    estimator: Literal["auto", "selected", "weighted", "majority"] = "auto"
 
 
 def parse_section(model: type[_Section], name: str, data: Any) -> Any:

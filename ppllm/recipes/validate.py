@@ -100,6 +100,7 @@ class Recipe:
     variables: list[str]
     window: int | None = None
     plots: int = 16
+    estimator: str = "auto"
 
 
 # ---------------------------------------------------------------------- reading
@@ -182,6 +183,7 @@ def validate(data: dict[str, Any], path: Path | None = None) -> Recipe:
         chat=prompts_t.chat, system=prompts_t.system, reward=reward, kernel_name=kernel_name,
         kernel_fn=kernel_fn, kernel_options=options, prompts=prompts, seed=run.seed,
         repeats=run.repeats, out=run.out, variables=list(variables), window=run.window, plots=run.plots,
+        estimator=run.estimator,
     )
 
 

@@ -26,7 +26,7 @@ PLOTTED_PROMPTS = 16  # per-prompt plots are drawn for this many prompts by defa
 
 
 def write_report(out: str | Path, progress: bool = False, max_plots: int | None = PLOTTED_PROMPTS,
-                 loaded: dict[str, Any] | None = None) -> dict[str, Any]:
+                 loaded: dict[str, Any] | None = None, estimator: str | None = None) -> dict[str, Any]:
     """summary.md, results.json and the plots of a results directory, from its files alone.
 
     Per-prompt plots (diagnostics, genealogy, answers) are drawn for the first `max_plots`
@@ -44,7 +44,10 @@ def write_report(out: str | Path, progress: bool = False, max_plots: int | None 
     if recipe_text:
         lines += ["Recipe (as run):", "", "```toml", recipe_text.strip(), "```", ""]
     rows = []
+    by_estimator: dict[str, list[int]] = {}
     budget_total: dict[str, float] = {}
+    if estimator is None:
+        estimator = _recipe_estimator(out)
     bar = None
     if progress and len(pdirs) > 1:
         import sys
@@ -65,10 +68,21 @@ def write_report(out: str | Path, progress: bool = False, max_plots: int | None 
         first = posts[0]
         weighted = _prediction(posts, fn)
         selected = json.loads(attrs["selected_answers"]) if "selected_answers" in attrs else None
-        # a kernel that selects (best-of-N, beam search, ...) is judged by its selection,
-        # a sampler by the weighted posterior's most probable answer (pooled over runs)
-        pred = Counter(map(_hashable, selected)).most_common(1)[0][0] if selected else weighted
+        predictions = {
+            "weighted": weighted,
+            "majority": _majority(posts, fn),
+            **({"selected": Counter(map(_hashable, selected)).most_common(1)[0][0]} if selected else {}),
+        }
+        # by default a kernel that selects (best-of-N, beam search, ...) is judged by its
+        # selection, a sampler by the weighted posterior's most probable answer (pooled over runs)
+        chosen = estimator if estimator in predictions else ("selected" if selected else "weighted")
+        pred = predictions[chosen]
         correct = None if ref is None or pred is None else same_answer(pred, ref)
+        for name, value in predictions.items():
+            if ref is not None:
+                hits = by_estimator.setdefault(name, [0, 0])
+                hits[0] += value is not None and same_answer(value, ref)
+                hits[1] += 1
         for p in posts:
             for k, v in p.budget.items():
                 budget_total[k] = budget_total.get(k, 0) + v
@@ -77,6 +91,8 @@ def write_report(out: str | Path, progress: bool = False, max_plots: int | None 
             "id": str(attrs.get("prompt_id", d.name)),
             "dir": d.name,
             "prediction": pred,
+            "estimator": chosen,
+            "predictions": predictions,
             "weighted_prediction": weighted,
             "selected": selected,
             "reference": ref,
@@ -99,7 +115,11 @@ def write_report(out: str | Path, progress: bool = False, max_plots: int | None 
     accuracy = sum(scored) / len(scored) if scored else None
     head = [f"- prompts: {len(rows)}"]
     if accuracy is not None:
-        head.append(f"- accuracy: {accuracy:.3f} ({sum(scored)}/{len(scored)})")
+        used = sorted({r["estimator"] for r in rows})
+        head.append(f"- accuracy: {accuracy:.3f} ({sum(scored)}/{len(scored)}; estimator: {', '.join(used)})")
+        head.append("- by estimator: " + ", ".join(f"{name} {h}/{n}" for name, (h, n) in sorted(by_estimator.items()))
+                    + " (selected: the kernel's own choice; weighted: the posterior's most probable answer; "
+                    "majority: the most common answer among particles)")
     if budget_total:
         head.append("- budget (all runs): " + ", ".join(f"{k}={_fmt(v)}" for k, v in budget_total.items()))
     lines[2:2] = [*head, ""]
@@ -110,10 +130,28 @@ def write_report(out: str | Path, progress: bool = False, max_plots: int | None 
         "out": str(out),
         "prompts": rows,
         "accuracy": accuracy,
+        "accuracy_by_estimator": {k: h / n for k, (h, n) in by_estimator.items() if n},
         "budget": budget_total,
     }
     atomic_write(out / "results.json", json.dumps(result, indent=2, default=_json_default) + "\n")
     return result
+
+
+def _recipe_estimator(out: Path) -> str:
+    """[run] estimator of the recipe the directory was made with ("auto" when unset)."""
+    import tomllib
+
+    try:
+        return str(tomllib.loads((out / "recipe.toml").read_text()).get("run", {}).get("estimator", "auto"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return "auto"
+
+
+def _majority(posts: list[Any], fn: Callable[[Any], Any]) -> Any:
+    """The most common answer among all runs' particles, ignoring weights (self-consistency)."""
+    counts = Counter(_hashable(fn(p)) for post in posts for p in post.particles)
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def _hashable(v: Any) -> Any:

@@ -345,7 +345,8 @@ def run_recipe(
     if log is not None and progress:
         log("writing the results (posteriors, plots, summary) ...")
     written = assemble(recipe, out)
-    result = write_report(out, progress=progress, max_plots=recipe.plots, loaded=written)
+    result = write_report(out, progress=progress, max_plots=recipe.plots, loaded=written,
+                          estimator=recipe.estimator)
     now = time.perf_counter()
     # where the time went: the prompt-rounds themselves vs assembling files and plots
     result.update(prompt_rounds=finished, total_prompt_rounds=total, interrupted=interrupted,
