@@ -348,3 +348,26 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+# ---------------------------------------------------------------------- quiet output
+@pytest.mark.parametrize("name", ["toy_smc", "toy_pmmh", "arith_particle_filter", "smollm2_lipogram"])
+def test_recipes_run_without_third_party_noise(name, tmp_path) -> None:
+    """`--quiet` runs print nothing on stderr: no warnings, bars or notices (warnings shown)."""
+    import os
+    import subprocess
+    import sys
+
+    if name.startswith("smollm2"):
+        from smollm2_fixture import require_smollm2
+
+        require_smollm2()
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppllm.cli", "run", str(root / "inference" / f"{name}.toml"), "--out",
+         str(tmp_path / "o"), "--quiet", "--set", "prompts.limit=1", "--set", "run.repeats=1", "--set", "run.plots=1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "", proc.stderr[-2000:]
