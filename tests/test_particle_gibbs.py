@@ -110,7 +110,7 @@ def test_reference_survives_and_forks_continue_from_its_prefix() -> None:
 
 def test_run_budget_and_selection() -> None:
     prog = Scored(ABE_LM, max_len=3, mode="ratio")
-    post = pg.run(prog, 4, 3, seed=2)
+    post = pg.run(prog, 4, 3, seed=2, select="argmax")
     assert post.kernel == "particle_gibbs" and len(post.extras["references"]) == 3
     assert post.budget["generations"] == 12
     assert math.isfinite(post.log_Z)
@@ -125,3 +125,6 @@ def test_run_budget_and_selection() -> None:
     assert (free.stats.requests, cond.stats.requests) == (6, 4)
     puri = pg.run(Scored(ABE_LM, max_len=3), 4, 2, seed=2, weighting="puri", select="sample")
     assert puri.extras["answer"] == puri.extras["references"][-1]
+    # ratio weighting selects by weight by default: the answer is the last reference drawn
+    default = pg.run(prog, 4, 3, seed=2)
+    assert default.config["select"] == "sample" and default.extras["answer"] == default.extras["references"][-1]
