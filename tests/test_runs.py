@@ -179,3 +179,54 @@ def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys) -> None:
     f.write_text("x")
     assert main(["run", str(toy("smc", tmp_path)), "--out", str(f)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --out: {f} is a file, not a results directory"
+
+
+# ---------------------------------------------------------------------- allocation
+def _allocated_recipe(tmp_path: Path) -> Path:
+    items = ", ".join(f'{{ prompt = "{p}", answer = "{a}" }}' for p, a in
+                      [("b", "bc"), ("cab", "cabb"), ("a", "ab"), ("bc", "bcc"), ("ca", "cab"), ("cc", "ccb"),
+                       ("ab", "abb"), ("bb", "bbc")] * 2)
+    text = toy("smc", tmp_path).read_text().replace(f"items = {PROMPTS}", f"items = [{items}]")
+    text = text.replace("repeats = 2\n", "plots = 0\n").replace('variables = ["answer", "prefix_score"]',
+                                                                'variables = ["answer"]')
+    text = text.replace("args = { max_tokens = 5", "args = { max_tokens = 2")
+    text += '\n[allocation]\nname = "beta_thompson"\nrounds = 8\nper_round = 4\ngroup_size = 8\nrho_fast = 0.9\n'
+    path = tmp_path / "alloc.toml"
+    path.write_text(text)
+    return path
+
+
+def _allocation_log(out: Path) -> list:
+    return [json.loads(line) for line in (out / "allocation.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_an_allocated_run_killed_and_resumed_makes_the_same_decisions(tmp_path) -> None:
+    recipe = _allocated_recipe(tmp_path)
+    clean = tmp_path / "clean"
+    assert _cli(recipe, clean).wait(timeout=600) == 0
+    log = _allocation_log(clean)
+    assert len(log) == 8 and all(len(r["picked"]) == 4 for r in log)
+    assert len({tuple(r["picked"]) for r in log}) > 1  # the allocator moves between prompts
+    out = tmp_path / "killed"
+    kills = 0
+    for target in (3, 13, 22):
+        proc = _cli(recipe, out)
+        while _lines(out) < target and proc.poll() is None:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=120)
+            kills += 1
+    assert kills >= 2
+    assert _cli(recipe, out).wait(timeout=600) == 0
+    assert _allocation_log(out) == log  # same picks, same posteriors, round by round
+    _assert_same(_comparable(out), _comparable(clean))
+
+
+def test_allocation_needs_rewards(tmp_path, capsys) -> None:
+    text = _allocated_recipe(tmp_path).read_text().replace('answer = "', 'note = "')
+    path = tmp_path / "no_answers.toml"
+    path.write_text(text)
+    assert main(["run", str(path), "--quiet", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("error: allocation: allocation needs rewards")

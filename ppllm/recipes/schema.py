@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "SECTIONS",
+    "AllocationSection",
     "HFModelSection",
     "ProgramSection",
     "PromptsSection",
@@ -25,7 +26,7 @@ __all__ = [
     "parse_section",
 ]
 
-SECTIONS = ("model", "program", "reward", "kernel", "prompts", "run")
+SECTIONS = ("model", "program", "reward", "kernel", "prompts", "run", "allocation")
 
 
 class RecipeError(ValueError):
@@ -102,7 +103,16 @@ class RunSection(_Section):
     estimator: Literal["auto", "selected", "weighted", "majority"] = "auto"
 
 
-def parse_section(model: type[_Section], name: str, data: Any) -> Any:
+class AllocationSection(BaseModel):
+    """[allocation]: which prompts get each round's rollouts (`ppllm.runs.allocators`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    name: str
+    rounds: int = Field(..., gt=0)  # allocation rounds (replaces [run] repeats)
+    per_round: int = Field(..., gt=0)  # prompts picked per round
+
+
+def parse_section(model: type[BaseModel], name: str, data: Any) -> Any:
     """Validate one section; the first problem becomes a RecipeError naming its field."""
     if not isinstance(data, dict):
         raise RecipeError(name, f"must be a table ([{name}]), got {type(data).__name__}")

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, ValidationError, create_model
 from ..registry import RegistryError
 from .schema import (
     SECTIONS,
+    AllocationSection,
     HFModelSection,
     ProgramSection,
     PromptsSection,
@@ -101,6 +102,12 @@ class Recipe:
     window: int | None = None
     plots: int = 16
     estimator: str = "auto"
+    allocation: dict[str, Any] | None = None
+
+    @property
+    def rounds(self) -> int:
+        """Rounds of the run: [allocation] rounds when allocating, else [run] repeats."""
+        return int(self.allocation["rounds"]) if self.allocation else self.repeats
 
 
 # ---------------------------------------------------------------------- reading
@@ -177,14 +184,33 @@ def validate(data: dict[str, Any], path: Path | None = None) -> Recipe:
             raise RecipeError("run.variables", f"must be attribute names, got {v!r}")
         if v in RESERVED_VARIABLES:
             raise RecipeError("run.variables", f"{v!r} is reserved (every particle's text is always recorded)")
+    allocation = _allocation(data.get("allocation"), variables, prompts)
     return Recipe(
         source=data, path=path, model=model, program=program, program_path=prog.path,
         program_args=dict(prog.args), prompt_arg=prompt_arg, prompt_as=prompt_as,
         chat=prompts_t.chat, system=prompts_t.system, reward=reward, kernel_name=kernel_name,
         kernel_fn=kernel_fn, kernel_options=options, prompts=prompts, seed=run.seed,
         repeats=run.repeats, out=run.out, variables=list(variables), window=run.window, plots=run.plots,
-        estimator=run.estimator,
+        estimator=run.estimator, allocation=allocation,
     )
+
+
+def _allocation(table: Any, variables: list[str], prompts: list[Prompt]) -> dict[str, Any] | None:
+    """[allocation]: an allocator by name with its options; rewards come from `correct`."""
+    if table is None:
+        return None
+    from ..runs.allocators import make_allocator
+
+    spec = parse_section(AllocationSection, "allocation", table)
+    options = {k: v for k, v in table.items() if k not in ("name", "rounds", "per_round")}
+    try:
+        make_allocator(spec.name, **options)
+    except ValueError as e:
+        raise RecipeError("allocation", str(e)) from None
+    if "answer" not in variables or any(p.answer is None for p in prompts):
+        raise RecipeError("allocation", "allocation needs rewards: record the `answer` variable and give every "
+                          "prompt a reference answer (each particle's reward is whether it is correct)")
+    return {"name": spec.name, "rounds": spec.rounds, "per_round": spec.per_round, "options": options}
 
 
 def _model(table: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -147,7 +148,7 @@ def prepare(recipe: Recipe, out: Path, overwrite: bool = False, log: Callable[[s
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "recipe.toml", text)
         write_manifest(out, {"fingerprint": fp, "kernel": recipe.kernel_name, "prompts": len(recipe.prompts),
-                             "rounds": recipe.repeats, "format": 1})
+                             "rounds": recipe.rounds, "format": 1})
     except OSError as e:
         raise RecipeError("--out", f"cannot write to {out}: {e.strerror or e}") from None
     return bool(entries)
@@ -267,7 +268,7 @@ def assemble(recipe: Recipe, out: Path) -> dict[str, Any]:
     lines, written = [], {}
     for i, prompt in enumerate(recipe.prompts):
         pdir = out / f"prompt-{i:03d}"
-        present = [r for r in range(recipe.repeats) if (pdir / f"round-{r:03d}.json").is_file()]
+        present = [r for r in range(recipe.rounds) if (pdir / f"round-{r:03d}.json").is_file()]
         if not present:
             continue
         posts, selected = [], []
@@ -320,10 +321,14 @@ def run_recipe(
     record = Record(out)
     record.repair()
     done = {(r["prompt"], r["round"]) for r in record.read()}
-    jobs = [Job(i, r, run_seed(recipe, i, r)) for r in range(recipe.repeats) for i in range(len(recipe.prompts))
-            if (i, r) not in done]
-    total = len(recipe.prompts) * recipe.repeats
-    preflight(recipe, sorted({j.prompt for j in jobs}), lm, reward)
+    if recipe.allocation:
+        jobs, total = [], recipe.rounds * min(recipe.allocation["per_round"], len(recipe.prompts))
+        preflight(recipe, list(range(len(recipe.prompts))), lm, reward)
+    else:
+        jobs = [Job(i, r, run_seed(recipe, i, r)) for r in range(recipe.repeats) for i in range(len(recipe.prompts))
+                if (i, r) not in done]
+        total = len(recipe.prompts) * recipe.repeats
+        preflight(recipe, sorted({j.prompt for j in jobs}), lm, reward)
     if log is not None:
         start_note = f", resuming: {len(done)} of {total} prompt-rounds already done" if resumed else ""
         log(f"{recipe.kernel_name} on {len(recipe.prompts)} prompt(s) × {recipe.repeats} → {out}{start_note}")
@@ -332,6 +337,8 @@ def run_recipe(
     t0, tokens = time.perf_counter(), [0]
     interrupted = False
     try:
+        if recipe.allocation:
+            run_allocated(recipe, out, lm, reward, record, done, bar, tokens, t0)
         for lo in range(0, len(jobs), width):
             _run_round(recipe, out, jobs[lo : lo + width], lm, reward, record, progress and total == 1,
                        bar, tokens, t0)
@@ -362,6 +369,58 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, done: int, total: int, result: dict[str, Any]) -> None:
         super().__init__(f"interrupted after {done} of {total} prompt-rounds; rerun the same command to resume")
         self.result = result
+
+
+ALLOCATION_LOG = "allocation.jsonl"
+
+
+def run_allocated(recipe: Recipe, out: Path, lm: Any, reward: Any, record: Record, done: set[tuple[int, int]],
+                  bar: Any, tokens: list[int], t0: float) -> None:
+    """Rounds chosen by the recipe's allocator; its state after each round goes to
+    allocation.jsonl (fsynced), so a resumed run replays the same decisions.
+
+    Round r: the allocator picks `per_round` prompts from its state with the stream
+    (seed, "allocate", r); each runs one prompt-round (kernel and seed as usual); each
+    particle's reward is whether its answer is correct; the allocator is updated with the
+    picked prompts' rewards. A round cut by a kill is picked again identically (same state,
+    same stream) and only its missing prompt-rounds run.
+    """
+    from ..rng import SeededRng
+    from .allocators import make_allocator
+
+    spec = recipe.allocation
+    assert spec is not None
+    alloc = make_allocator(spec["name"], **spec["options"])
+    log_path = out / ALLOCATION_LOG
+    rows = []
+    for line in log_path.read_text().splitlines() if log_path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: that round is redone
+    rows = [r for k, r in enumerate(rows) if r["round"] == k and all((i, k) in done for i in r["picked"])]
+    if log_path.is_file():
+        atomic_write(log_path, "".join(json.dumps(r) + "\n" for r in rows))
+    state = rows[-1]["state"] if rows else alloc.init(len(recipe.prompts))
+    rng = SeededRng(recipe.seed).child("allocate")
+    for r in range(len(rows), spec["rounds"]):
+        picked = alloc.allocate(state, spec["per_round"], rng.child("round", r))
+        jobs = [Job(i, r, run_seed(recipe, i, r)) for i in picked if (i, r) not in done]
+        if jobs:
+            _run_round(recipe, out, jobs, lm, reward, record, False, bar, tokens, t0)
+        outcomes = {i: _rewards(out, Job(i, r, 0)) for i in picked}
+        state = alloc.update(state, outcomes)
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({"round": r, "picked": picked, "state": state}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _rewards(out: Path, job: Job) -> list[float]:
+    """The prompt-round's particles' rewards: 1 for a correct answer, 0 otherwise."""
+    _, particles, _ = _round_files(out, job)
+    rows = [json.loads(line) for line in particles.read_text().splitlines()]
+    return [1.0 if row.get("correct") else 0.0 for row in rows]
 
 
 def _run_round(recipe: Recipe, out: Path, jobs: list[Job], lm: Any, reward: Any, record: Record,
