@@ -17,6 +17,12 @@ Scenarios:
 - `middling`: θ ~ U(0.35, 0.65), static — every group is informative about as often, so
   no allocator can beat uniform.
 
+Self-consistency on tiny-arith (`--arith N`, default 100 problems; 8 with --quick): a pool of
+64 answers per held-out problem (temperature 1); agreement of the majority of the samples
+spent with the majority of the whole pool, against the average samples per problem, for
+uniform k, PETS offline (optimistic knowledge gradient, Dirichlet(1 + counts) over the
+answers seen so far plus a slot for an unseen one, one first sample each) and Beta early stopping at several confidences.
+
 Figures: benchmarks/out/allocation[_quick].json; without --quick also
 docs/benchmarks/allocation.{json,png}. The last line is `RESULT key=value ...`.
 """
@@ -111,6 +117,83 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------- self-consistency on tiny-arith
+def arith_pools(n_problems: int, pool: int, seed: int = 0) -> tuple[list[list], list]:
+    """`pool` independent answers per held-out problem (tiny-arith, temperature 1)."""
+    import benchmarks.scaling_arith as sa
+    from ppllm.kernels import smc
+    from ppllm.tasks.arith.data import heldout_problems
+
+    ctx = sa._load(None, None)
+    problems = heldout_problems(n_problems)
+    pools = []
+    for i, p in enumerate(problems):
+        post = smc.run(sa.program_for(ctx, "exact", p.operands, "none"), pool, seed=seed + i, ess_threshold=0.0)
+        pools.append([q.answer for q in post.particles])
+    return pools, [p.answer for p in problems]
+
+
+def _majority(answers: list) -> object:
+    counts: dict = {}
+    for a in answers:
+        counts[a] = counts.get(a, 0) + 1
+    return max(counts, key=lambda a: counts[a])  # first seen among the most frequent
+
+
+def self_consistency(pools: list[list]) -> dict:
+    """Agreement with each question's full-pool majority, against average samples used."""
+    from ppllm.runs.self_consistency import beta_should_stop
+
+    full = [_majority(p) for p in pools]
+    n, pool = len(pools), len(pools[0])
+    out: dict = {"uniform": [], "okg": [], "beta_stop": []}
+    for k in (1, 2, 4, 8, 16, 32):
+        if k <= pool:
+            agree = np.mean([_majority(p[:k]) == f for p, f in zip(pools, full, strict=True)])
+            out["uniform"].append({"samples": k, "agreement": float(agree)})
+    for conf in (0.8, 0.9, 0.95, 0.99):
+        used, agree = [], []
+        for p, f in zip(pools, full, strict=True):
+            k = 1
+            while k < pool and not beta_should_stop(list(_counts(p[:k]).values()), confidence=conf):
+                k += 1
+            used.append(k)
+            agree.append(_majority(p[:k]) == f)
+        out["beta_stop"].append({"confidence": conf, "samples": float(np.mean(used)), "agreement": float(np.mean(agree))})
+    for avg in (2, 4, 8, 16):
+        if avg > pool:
+            continue
+        k = [1] * n
+        gains = [_okg_gain(pools[q], k[q]) for q in range(n)]
+        for _ in range(avg * n - n):
+            q = int(np.argmax(gains))
+            if gains[q] < 0:
+                break
+            k[q] += 1
+            gains[q] = _okg_gain(pools[q], k[q])
+        agree = np.mean([_majority(pools[q][: k[q]]) == full[q] for q in range(n)])
+        out["okg"].append({"samples": float(np.mean(k)), "agreement": float(agree)})
+    return out
+
+
+def _okg_gain(pool: list, k: int) -> float:
+    """PETS's optimistic gain of one more sample: Dirichlet(1 + counts) over the answers seen
+    plus one slot, at its prior 1, for an answer not seen yet (free-form answers have no
+    fixed option set; without it a question seen once would look settled)."""
+    from ppllm.runs.self_consistency import okg_gain
+
+    if k >= len(pool):
+        return -1.0
+    return okg_gain([v + 1.0 for v in _counts(pool[:k]).values()] + [1.0], n_samples=2000)
+
+
+def _counts(answers: list) -> dict:
+    c: dict = {}
+    for a in answers:
+        c[a] = c.get(a, 0) + 1
+    return c
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 seeds, 30 rounds (seconds)")
@@ -119,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--batch", type=int, default=16, help="prompts per round")
     ap.add_argument("--group", type=int, default=8, help="rollouts per prompt")
+    ap.add_argument("--arith", type=int, default=None, help="tiny-arith problems for the self-consistency part")
     args = ap.parse_args(argv)
     seeds = args.seeds or (4 if args.quick else 20)
     rounds = args.rounds or (30 if args.quick else 60)
@@ -130,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             results[sc][name] = {k: summarise([r[k] for r in rows]) for k in rows[0]}
     record = {"config": {"seeds": seeds, "rounds": rounds, "prompts": args.prompts, "batch": args.batch,
                          "group": args.group}, "results": results}
+    n_arith = args.arith if args.arith is not None else (8 if args.quick else 100)
+    if n_arith:
+        import torch
+
+        torch.set_num_threads(1)
+        pools, _ = arith_pools(n_arith, 32 if args.quick else 64)
+        record["self_consistency"] = {"problems": n_arith, "pool": len(pools[0]), **self_consistency(pools)}
     OUT.mkdir(parents=True, exist_ok=True)
     name = "allocation_quick" if args.quick else "allocation"
     (OUT / f"{name}.json").write_text(json.dumps(record, indent=1))
@@ -144,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             te = v.get("tracking_error")
             tail = f", tracking error {te['mean']:.3f} [{te['low']:.3f}, {te['high']:.3f}]" if te else ""
             print(f"  {k:24s} informative {ig['mean']:.3f} [{ig['low']:.3f}, {ig['high']:.3f}]{tail}")
+    if "self_consistency" in record:
+        sc_rec = record["self_consistency"]
+        print(f"self-consistency on tiny-arith ({sc_rec['problems']} problems, pools of {sc_rec['pool']})")
+        for method in ("uniform", "okg", "beta_stop"):
+            print(f"  {method:10s} " + ", ".join(f"{r['samples']:.1f} samples → {r['agreement']:.3f}" for r in sc_rec[method]))
     gain = {sc: results[sc]["thompson_nondegenerate"]["informative_per_group"]["mean"]
             / results[sc]["uniform"]["informative_per_group"]["mean"] for sc in SCENARIOS}
     print("RESULT " + " ".join(f"thompson_vs_uniform_{sc}={g:.2f}" for sc, g in gain.items()))

@@ -161,3 +161,44 @@ def test_verifier_ceiling() -> None:
 def test_bad_allocation_input_is_named(call, message) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---------------------------------------------------------------------- self-consistency
+def test_okg_step_on_a_case_computed_by_hand() -> None:
+    """Two questions with two answers each. Q0 α = (1, 1): h = 1/2, and one more vote for
+    either answer gives Beta(2, 1) with P(θ > 1/2) = 3/4: gain 1/4. Q1 α = (3, 1): h = 7/8;
+    a vote for the leader gives (4, 1): 15/16, gain 1/16; for the other, (3, 2): P = 11/16,
+    h = 11/16, a loss. OKG takes the larger optimistic gain: Q0."""
+    from ppllm.runs.self_consistency import argmax_probability, okg_gain, okg_pick
+
+    assert argmax_probability([2, 1])[0] == pytest.approx(3 / 4, abs=1e-12)
+    assert argmax_probability([3, 2])[0] == pytest.approx(11 / 16, abs=1e-12)
+    assert okg_gain([1, 1]) == pytest.approx(1 / 4, abs=1e-12)
+    assert okg_gain([3, 1]) == pytest.approx(1 / 16, abs=1e-12)
+    assert okg_pick([[3, 1], [1, 1]]) == 1
+    # three options go through the Monte Carlo estimate: symmetric counts give 1/3 each
+    mc = argmax_probability([2.0, 2.0, 2.0], n_samples=60_000)
+    assert np.abs(mc - 1 / 3).max() < 4.42 * math.sqrt((1 / 3) * (2 / 3) / 60_000)  # 1e-5 per option
+
+
+def test_beta_early_stopping() -> None:
+    from ppllm.runs.self_consistency import beta_should_stop
+
+    assert not beta_should_stop([1])  # one vote settles nothing at 95 %
+    assert beta_should_stop([5])  # Beta(6, 1): P(θ > 1/2) = 1 − 2⁻⁶
+    assert not beta_should_stop([5, 4, 1])
+    assert beta_should_stop([12, 2, 1])
+    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\)"):
+        beta_should_stop([1], confidence=1.0)
+
+
+def test_online_budgets_go_where_the_curve_still_rises() -> None:
+    from ppllm.runs.self_consistency import fit_sc_curve, online_budgets
+
+    a, b = fit_sc_curve([1, 4, 9, 16], [norm.cdf(0.5 * math.sqrt(k) - 0.2) for k in [1, 4, 9, 16]])
+    assert (a, b) == pytest.approx((0.5, -0.2), abs=1e-9)
+    easy, hard = (3.0, 1.0), (0.4, -0.5)  # settled at once / still rising at 64
+    budgets = online_budgets([easy, hard], [1.0, 1.0], average=20)
+    assert budgets[0] == 4 and budgets[1] == 36  # the easy bucket keeps the minimum
+    with pytest.raises(ValueError, match="average budget must be in"):
+        online_budgets([easy], [1.0], average=100)
