@@ -133,6 +133,49 @@ def arith_pools(n_problems: int, pool: int, seed: int = 0) -> tuple[list[list], 
     return pools, [p.answer for p in problems]
 
 
+def arith_allocation(names: list[str], n_problems: int, rounds: int, batch: int, group: int, seed: int = 0) -> dict:
+    """Allocation with the tiny LM as the policy: each round every allocator picks `batch` of
+    `n_problems` held-out problems, each gets `group` samples at the round's temperature, the
+    reward is correctness. Drift: the temperature falls linearly from 1.6 to 0.6 over the
+    rounds (a policy that sharpens), so every problem's success rate moves."""
+    import benchmarks.scaling_arith as sa
+    from ppllm.kernels import smc
+    from ppllm.tasks.arith.data import heldout_problems
+    from ppllm_models.math_reasoning import MathReasoning
+
+    ctx = sa._load(None, None)
+    problems = heldout_problems(n_problems)
+    out = {}
+    for name in names:
+        alloc = ALLOCATORS[name](group)
+        state = alloc.init(n_problems)
+        rng = SeededRng(seed)
+        informative = groups = 0
+        for t in range(rounds):
+            temp = 1.6 - 1.0 * t / max(rounds - 1, 1)
+            picked = alloc.allocate(state, batch, rng.child("round", t))
+            outcomes = {}
+            for i in picked:
+                prog = MathReasoning.tiny_arith(ctx["lm"], ctx["exact"], *problems[i].operands, weighting="none",
+                                                aggregation="last", potential="odds", temperature=temp)
+                post = smc.run(prog, group, seed=seed * 100_003 + t * 1_009 + i, ess_threshold=0.0)
+                r = [float(p.answer == problems[i].answer) for p in post.particles]
+                informative += bool(0 < sum(r) < group)
+                groups += 1
+                outcomes[i] = r
+            state = alloc.update(state, outcomes)
+        lo, hi = _wilson(informative, groups)
+        out[name] = {"informative_per_group": informative / groups, "low": lo, "high": hi, "groups": groups}
+    return out
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
 def _majority(answers: list) -> object:
     counts: dict = {}
     for a in answers:
@@ -203,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="prompts per round")
     ap.add_argument("--group", type=int, default=8, help="rollouts per prompt")
     ap.add_argument("--arith", type=int, default=None, help="tiny-arith problems for the self-consistency part")
+    ap.add_argument("--real", type=int, default=500, help="tiny-arith problems for the allocation runs (0: skip)")
     args = ap.parse_args(argv)
     seeds = args.seeds or (4 if args.quick else 20)
     rounds = args.rounds or (30 if args.quick else 60)
@@ -214,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             results[sc][name] = {k: summarise([r[k] for r in rows]) for k in rows[0]}
     record = {"config": {"seeds": seeds, "rounds": rounds, "prompts": args.prompts, "batch": args.batch,
                          "group": args.group}, "results": results}
+    n_real = 0 if args.quick else args.real
+    if n_real:
+        record["tiny_arith_allocation"] = {
+            "problems": n_real, "rounds": 30, "batch": 16, "group": 8, "temperature": "1.6 → 0.6",
+            "results": arith_allocation(["uniform", "closest_to_half", "thompson_eig", "thompson_decay"], n_real, 30, 16, 8),
+        }
     n_arith = args.arith if args.arith is not None else (8 if args.quick else 100)
     if n_arith:
         import torch
@@ -235,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             te = v.get("tracking_error")
             tail = f", tracking error {te['mean']:.3f} [{te['low']:.3f}, {te['high']:.3f}]" if te else ""
             print(f"  {k:24s} informative {ig['mean']:.3f} [{ig['low']:.3f}, {ig['high']:.3f}]{tail}")
+    if "tiny_arith_allocation" in record:
+        rec = record["tiny_arith_allocation"]
+        print(f"allocation on tiny-arith ({rec['problems']} problems, temperature {rec['temperature']})")
+        for k, v in rec["results"].items():
+            print(f"  {k:24s} informative {v['informative_per_group']:.3f} [{v['low']:.3f}, {v['high']:.3f}] "
+                  f"of {v['groups']} groups")
     if "self_consistency" in record:
         sc_rec = record["self_consistency"]
         print(f"self-consistency on tiny-arith ({sc_rec['problems']} problems, pools of {sc_rec['pool']})")

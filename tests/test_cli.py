@@ -45,6 +45,8 @@ def small(recipe: Path) -> list[str]:
     for key, value in (("n_chains", 2), ("n_draws", 3), ("burn_in", 0)):
         if key in kernel:
             out.append(f"kernel.{key}={value}")
+    if load_recipe(recipe).allocation:
+        out.append("allocation.rounds=1")  # one prompt, one round: the one-prompt run below
     args = load_recipe(recipe).program_args
     if "max_tokens" in args:
         out.append("program.args.max_tokens=3")
