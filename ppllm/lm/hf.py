@@ -150,7 +150,7 @@ class HFLM(LM):
             )
         # `torch_dtype` became `dtype` in transformers 4.56.
         dtype_kw = "dtype" if _tf_version() >= (4, 56) else "torch_dtype"
-        with _quiet_transformers():
+        with quiet_transformers():
             try:
                 model = AutoModelForCausalLM.from_pretrained(path, **opts, **{dtype_kw: dtype})
             except OSError as err:
@@ -558,7 +558,7 @@ def _tf_version() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Any:
+def quiet_transformers() -> Any:
     """transformers' weight-loading bar and notices off while a model loads (the user's own
     settings come back after); `PPLLM_VERBOSE=1` (`ppllm --verbose`) keeps them."""
     if os.environ.get("PPLLM_VERBOSE"):

@@ -67,8 +67,11 @@ class LMJudgePRM(StepwisePRM):
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no transformers model directory at {str(path)!r}")
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        from ..lm.hf import quiet_transformers
+
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         kwargs.setdefault("name", f"judge:{path.name}")
         return cls(model, tokenizer, **kwargs)
 

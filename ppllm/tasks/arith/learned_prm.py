@@ -64,8 +64,11 @@ class LearnedArithPRM(StepwisePRM):
                 f"no arith-prm weights at {path}: run `python -m ppllm.tasks.arith.train_prm "
                 f"--out {path}`"
             )
-        model = AutoModelForTokenClassification.from_pretrained(str(path), dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        from ...lm.hf import quiet_transformers
+
+        with quiet_transformers():
+            model = AutoModelForTokenClassification.from_pretrained(str(path), dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
         return cls(model, tokenizer, **kwargs)
 
     def score_last(self, items: list[Item]) -> np.ndarray:
