@@ -202,3 +202,19 @@ def test_online_budgets_go_where_the_curve_still_rises() -> None:
     assert budgets[0] == 4 and budgets[1] == 36  # the easy bucket keeps the minimum
     with pytest.raises(ValueError, match="average budget must be in"):
         online_budgets([easy], [1.0], average=100)
+
+
+def test_coverage_of_a_results_directory(tmp_path) -> None:
+    import json
+
+    from ppllm.runs.coverage import coverage_of_run, plot_coverage
+
+    rows = [{"prompt": 0, "correct": c} for c in (True, False, False, False)]
+    rows += [{"prompt": 1, "correct": c} for c in (False, False, True, True)]
+    (tmp_path / "particles.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curve = coverage_of_run(tmp_path)
+    assert curve["k"] == [1, 2, 4] and curve["problems"] == 2
+    assert curve["coverage"] == pytest.approx([(pass_at_k(4, 1, k) + pass_at_k(4, 2, k)) / 2 for k in (1, 2, 4)])
+    assert plot_coverage(curve, tmp_path / "c.png").stat().st_size > 0
+    (tmp_path / "particles.jsonl").write_text(json.dumps({"prompt": 0, "text": "x"}) + "\n")
+    assert coverage_of_run(tmp_path) is None  # no `correct` column: nothing to say

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["coverage_curve", "fit_power_law", "pass_at_k", "verifier_ceiling"]
+__all__ = ["coverage_curve", "coverage_of_run", "fit_power_law", "pass_at_k", "plot_coverage", "verifier_ceiling"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -77,3 +78,60 @@ def verifier_ceiling(tpr: Sequence[float], fpr: Sequence[float], p: Sequence[flo
     accept = q * t + (1 - q) * f
     acc = np.divide(q * t, accept, out=np.zeros_like(q), where=accept > 0)
     return float(acc.mean())
+
+
+def coverage_of_run(out: str | Path) -> dict | None:
+    """pass@k against k from a results directory's particles.jsonl (its `correct` column):
+    every particle of every round of a prompt is one sample. None without a `correct` column."""
+    import json
+
+    path = Path(out) / "particles.jsonl"
+    if not path.is_file():
+        return None
+    counts: dict[int, list[int]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("correct") is None:
+            continue
+        n_c = counts.setdefault(int(row["prompt"]), [0, 0])
+        n_c[0] += 1
+        n_c[1] += bool(row["correct"])
+    if not counts:
+        return None
+    n_min = min(n for n, _ in counts.values())
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n_min} | {n_min})
+    curve = coverage_curve([tuple(v) for v in counts.values()], ks)
+    try:
+        curve["power_law"] = list(fit_power_law(curve["k"], curve["coverage"]))
+    except ValueError:
+        curve["power_law"] = None
+    curve["problems"] = len(counts)
+    return curve
+
+
+def plot_coverage(curve: dict, path: str | Path) -> Path:
+    """Coverage (pass@k) against k on a log axis, its interval, and the power-law fit."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    k = np.asarray(curve["k"], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.fill_between(k, curve["low"], curve["high"], color="C0", alpha=0.2, label="95 % bootstrap interval")
+    ax.plot(k, curve["coverage"], marker="o", color="C0", label="pass@k (unbiased)")
+    if curve.get("power_law"):
+        a, b = curve["power_law"]
+        grid = np.geomspace(k.min(), k.max(), 50)
+        ax.plot(grid, np.exp(a * grid**b), ls="--", color="0.4", label=f"exp({a:.2f}·k^{b:.2f})")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("coverage")
+    ax.set_title(f"coverage over {curve['problems']} problems")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -125,12 +125,20 @@ def write_report(out: str | Path, progress: bool = False, max_plots: int | None 
     lines[2:2] = [*head, ""]
     if bar is not None:
         bar.close()
+    from .coverage import coverage_of_run, plot_coverage
+
+    coverage = coverage_of_run(out)
+    if coverage is not None and len(coverage["k"]) > 1:
+        plot_coverage(coverage, out / "coverage.png")
+        lines[2 + len(head):2 + len(head)] = ["- coverage (pass@k, every particle a sample): " + ", ".join(
+            f"k={k}: {c:.3f}" for k, c in zip(coverage["k"], coverage["coverage"], strict=True)) + " (coverage.png)"]
     atomic_write(out / "summary.md", "\n".join(lines) + "\n")
     result = {
         "out": str(out),
         "prompts": rows,
         "accuracy": accuracy,
         "accuracy_by_estimator": {k: h / n for k, (h, n) in by_estimator.items() if n},
+        "coverage": coverage,
         "budget": budget_total,
     }
     atomic_write(out / "results.json", json.dumps(result, indent=2, default=_json_default) + "\n")
