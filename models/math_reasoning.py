@@ -54,6 +54,7 @@ __all__ = [
     "arith_prompt",
     "boxed_answer",
     "chat_prompt",
+    "no_answer",
 ]
 
 _ARITH_ANSWER = re.compile(r"^\s*A: ?(-?\d+)\s*$", re.MULTILINE)
@@ -71,6 +72,11 @@ def arith_answer(text: str) -> int | None:
     """The integer of the first `A: n` line, or None."""
     m = _ARITH_ANSWER.search(text)
     return int(m.group(1)) if m else None
+
+
+def no_answer(program: MathReasoning) -> bool:
+    """True when a finished solution has no answer line (a rollout that ended badly)."""
+    return program.answer is None
 
 
 def boxed_answer(text: str) -> str | None:

@@ -98,6 +98,9 @@ class _ParticleState:
     rng: Rng | None = None
     replay: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # A kernel's override of LM draws (tree rollouts): `await policy(dist, rng) -> Draw`.
+    # Never copied by `clone`: a kernel installs it per particle and step.
+    policy: Any = None
 
 
 _STATE = "_ppllm"
@@ -207,11 +210,11 @@ class Program:
             self._add(log_p, f"sample at {addr!r} ({type(d).__name__}, replayed)")
             return value
         if proposal is None:
-            draw = await d.sample(self.rng)
+            draw = await self._draw(d)
             log_p = log_q = self._check_draw(draw, addr, d)
         else:
             q = as_distribution(proposal)
-            draw = await q.sample(self.rng)
+            draw = await self._draw(q)
             log_q = self._check_draw(draw, addr, q)
             known = d.log_prob_from_draw(draw)
             log_p = known if known is not None else await d.log_prob(draw.value)
@@ -219,6 +222,14 @@ class Program:
         self._record(Choice(addr, draw.value, log_p, log_q, latent=not d.is_lm))
         self._add(log_p - log_q if log_p != -math.inf else -math.inf, f"sample at {addr!r}")
         return draw.value
+
+    async def _draw(self, dist: Distribution) -> Draw:
+        """A draw from `dist`, or from the kernel's policy for LM draws when one is installed
+        (its Draw reports log q under `dist`, so the weight is as if `dist` had drawn it)."""
+        policy = self._pp.policy
+        if policy is not None and getattr(dist, "is_lm", False):
+            return await policy(dist, self.rng)
+        return await dist.sample(self.rng)
 
     async def observe(self, dist: Any, value: Any, *, address: str | None = None) -> float:
         """Condition on `value`: add log p(value) to the weight and return it."""

@@ -8,7 +8,7 @@ from ..registry import Registry
 
 KERNELS = Registry("kernel")
 for _name in ("smc", "particle_filter", "particle_gibbs", "importance", "best_of_n",
-              "weighted_best_of_n", "majority_vote", "beam_search", "dvts", "mh", "resample_move", "pmmh", "dts", "dts_star"):
+              "weighted_best_of_n", "majority_vote", "beam_search", "dvts", "mh", "resample_move", "pmmh", "dts", "dts_star", "treepo", "latr"):
     KERNELS.register(_name, f"ppllm.kernels.{_name}:run")
 
 KERNEL_MODULES = list(KERNELS)

@@ -53,7 +53,8 @@ __all__ = [
 
 INJECTED = ("lm", "prm", "reward")  # program arguments the runner supplies itself
 COUNTS = ("n_particles", "budget", "n_iterations", "beam_width", "n_moves", "n_chains", "n_draws",
-          "n_iter", "iterations", "n_samples", "group_size", "window")
+          "n_iter", "iterations", "n_samples", "group_size", "window", "width", "segment_length", "max_depth",
+          "step_width", "force_exit_tokens")
 RESERVED_VARIABLES = ("text", "log_weight", "particle", "correct")
 DISTRIBUTION_TABLES = {"priors", "proposal_dists"}  # kernel options that map names to distributions
 NOT_OPTIONS = ("program", "seed", "rng", "engine", "progress")
@@ -348,7 +349,21 @@ def _kernel(table: Any, base: Path) -> tuple[str, Callable[..., Any], dict[str, 
         options[key] = callable_option(f"kernel.{key}", options[key], base)
     for key in DISTRIBUTION_TABLES & set(options):
         options[key] = distribution_table(f"kernel.{key}", options[key])
+    check_kernel_options(name, fn, options)
     return name, fn, options
+
+
+def check_kernel_options(name: str, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+    """A kernel module's own `check_options(**options)` (values in range, combinations), if it
+    has one: run here so a bad value fails before any model is loaded."""
+    checker = getattr(sys.modules.get(getattr(fn, "__module__", "")), "check_options", None)
+    if checker is None:
+        return
+    try:
+        checker(**options)
+    except ValueError as e:
+        key = str(e).split(" ", 1)[0]
+        raise RecipeError(f"kernel.{key}" if key in options else "kernel", f"{name}: {e}") from None
 
 
 def _options_model(name: str, params: dict[str, inspect.Parameter], skip: set[str]) -> Any:

@@ -176,6 +176,8 @@ def _round_summary(post: Posterior, job: Job) -> dict[str, Any]:
         "ancestry": [np.asarray(a).tolist() for a in post.ancestry],
         "selected_answer": json_value(post.extras["answer"]) if "answer" in post.extras else None,
         "selects": "answer" in post.extras,
+        # rollout groups (treepo, latr): each leaf's reward, advantage, origin and tree position
+        **({"group": json.loads(json.dumps(post.extras["group"], default=json_value))} if "group" in post.extras else {}),
     }
 
 
