@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# The served-backend tests need a real server: llama-cpp-python, compiled here (a few minutes, once).
+# The served-backend tests need a real server: llama-cpp-python, compiled here (a few minutes, once);
+# the Ray tests need Ray (the optional extra `ray`).
 $(TEST_STAMP): $(STAMP)
-	$(PY) -c "import llama_cpp.server" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install --quiet -e ".[test,served-test]"
+	$(PY) -c "import llama_cpp.server, ray" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install --quiet -e ".[test,served-test,ray]"
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)

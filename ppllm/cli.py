@@ -43,8 +43,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or recipe.out or Path("results") / Path(args.recipe).stem)
     quiet = args.quiet or args.json
     log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+    ray = None
+    if args.ray is not None:
+        from .runs.ray_runner import RayOptions, ray_missing
+
+        if ray_missing():
+            raise ValueError(f"--ray: {ray_missing()}")
+        ray = RayOptions(address=None if args.ray == "local" else args.ray, actors=args.actors,
+                         per_call=args.per_call, in_flight=args.in_flight)
     try:
-        result = run_recipe(recipe, out, progress=not quiet, log=log, overwrite=args.overwrite)
+        result = run_recipe(recipe, out, progress=not quiet, log=log, overwrite=args.overwrite, ray=ray)
     except Interrupted as stop:
         print(f"{stop}: ppllm run {args.recipe} --out {out}", file=sys.stderr)
         return 130
@@ -140,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress or summary")
     r.add_argument("--json", action="store_true", help="print one JSON object with the results")
     r.add_argument("--overwrite", action="store_true", help="clear --out first if it holds another run")
+    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the prompt-rounds on Ray actors: a local cluster, or the one at ADDRESS "
+                        "(needs pip install 'ppllm[ray]')")
+    r.add_argument("--actors", type=int, default=2, help="Ray actors, each with its own model (default 2)")
+    r.add_argument("--per-call", type=int, default=8, help="prompt-rounds an actor runs together (default 8)")
+    r.add_argument("--in-flight", type=int, default=2, help="calls each actor holds at once (default 2)")
     r.set_defaults(fn=cmd_run)
     rep = sub.add_parser("report", help="regenerate summary and plots of a results directory")
     rep.add_argument("dir")

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..distributions import Draw
 from ..engine import Engine
-from ..lm.base import Chunk, ChunkDistribution, NextToken, NextTokenLogprobs
+from ..lm.base import ChunkDistribution, NextToken, NextTokenLogprobs, draw_by_token
 from ..program import Program
 from ..results.posterior import Posterior
 from ..rng import Rng, as_rng
@@ -182,19 +182,14 @@ class BranchPolicy:
     async def __call__(self, dist: Any, rng: Rng) -> Draw:
         if not isinstance(dist, NextToken | ChunkDistribution):
             return await dist.sample(rng)
-        tokens: tuple[int, ...] = ()
-        log_q = 0.0
-        while True:
+
+        async def pick(tokens: tuple[int, ...]) -> tuple[int, float]:
             # replayed tokens are in the branch's token list since its birth; `_next` adds new ones
-            tok, lq_tok = self.forced.pop(0) if self.forced else await self._next(dist, tokens, rng)
-            self.drawn.append((tok, lq_tok))
-            tokens += (tok,)
-            log_q += lq_tok
-            if isinstance(dist, NextToken) or dist._stops_after(tokens):
-                break
-        if isinstance(dist, NextToken):
-            return Draw(tokens[0], log_q, {})
-        return Draw(Chunk(tokens, dist.lm.decode(tokens)), log_q, {})
+            got = self.forced.pop(0) if self.forced else await self._next(dist, tokens, rng)
+            self.drawn.append(got)
+            return got
+
+        return await draw_by_token(dist, pick)
 
     async def _next(self, dist: Any, tokens: tuple[int, ...], rng: Rng) -> tuple[int, float]:
         base = await NextTokenLogprobs(dist.lm, dist.ctx.tokens + tokens)
@@ -237,7 +232,9 @@ def step(
     todo: list[tuple[Branch, list[tuple[int, float]]]] = [(b, []) for b in state.active]
     born = 0
     stepped: list[Branch] = []
-    while todo:
+    for _ in range(state.cap + 1):  # passes: the live paths, then the branches born in the pass before
+        if not todo:
+            break
         progs, rngs = [], []
         for b, forced in todo:
             if state.branching and b.latr:

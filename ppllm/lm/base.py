@@ -51,6 +51,7 @@ __all__ = [
     "ScoreTokens",
     "TokenDraw",
     "transform_logprobs",
+    "draw_by_token",
 ]
 
 
@@ -545,3 +546,21 @@ class ChunkDistribution(_Sampling, Distribution):
         if self.is_plain and draw.extras.get("source") == self._src():
             return draw.extras.get("model_log_prob")
         return None
+
+
+async def draw_by_token(dist: NextToken | ChunkDistribution, pick: Any) -> Draw:
+    """A value of `dist` (a token, or a chunk up to its stop) whose every token is chosen by
+    `await pick(tokens_so_far) -> (token, log q)`: how a kernel's policy steers an LM draw
+    while the distribution still decides where the draw ends."""
+    tokens: tuple[int, ...] = ()
+    log_q = 0.0
+    single = isinstance(dist, NextToken)
+    while True:
+        tok, lq = await pick(tokens)
+        tokens += (int(tok),)
+        log_q += float(lq)
+        if single or dist._stops_after(tokens):
+            break
+    if single:
+        return Draw(tokens[0], log_q, {})
+    return Draw(Chunk(tokens, dist.lm.decode(tokens)), log_q, {})

@@ -7,8 +7,10 @@ tokens, backing off to shorter suffixes and finally to the table's `()` entry.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from itertools import product
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +94,13 @@ class ToyLM(LM):
             if row is not None:
                 return row
         raise KeyError(f"toy LM has no table row for context {tokens}")
+
+    latency = 0.0  # seconds each batched call waits: a stand-in for a remote model's round trip
+
+    def evaluate(self, requests: Sequence[Any]) -> list[Any]:
+        if self.latency > 0:
+            time.sleep(self.latency)
+        return super().evaluate(requests)
 
     def logprobs(self, contexts: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
         out = []

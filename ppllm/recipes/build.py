@@ -24,8 +24,10 @@ def build_lm(spec: dict[str, Any]) -> Any:
         from ..lm import ToyLM
 
         try:
-            return ToyLM.random([str(v) for v in opts["vocab"]], order=opts["order"], seed=opts["seed"],
-                                eos=opts["eos"], concentration=float(opts["concentration"]))
+            toy = ToyLM.random([str(v) for v in opts["vocab"]], order=opts["order"], seed=opts["seed"],
+                               eos=opts["eos"], concentration=float(opts["concentration"]))
+            toy.latency = float(opts.get("latency", 0.0))
+            return toy
         except (KeyError, ValueError) as e:
             raise RecipeError("model", f"bad toy LM (vocab {opts['vocab']}, eos {opts['eos']!r}): {e}") from None
     from .. import zoo

@@ -37,6 +37,9 @@ class RecipeError(ValueError):
         self.field = field
         self.reason = message
 
+    def __reduce__(self) -> tuple:  # pickled across processes (Ray actors) with both parts
+        return (type(self), (self.field, self.reason))
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -51,6 +54,8 @@ class ToyModelSection(_Section):
     seed: int = Field(3, ge=0)
     eos: str | None = "<eos>"
     concentration: float = Field(1.0, gt=0)
+    # seconds each backend call waits: simulates a remote model's round trip (benchmarks)
+    latency: float = Field(0.0, ge=0)
 
 
 class HFModelSection(_Section):

@@ -219,27 +219,43 @@ def check_variables(recipe: Recipe, post: Posterior) -> None:
                               f"particles (they have: {known})")
 
 
-def commit(recipe: Recipe, out: Path, job: Job, post: Posterior, record: Record) -> dict[str, Any]:
-    """Write one prompt-round's files atomically, then its record line."""
+@dataclass
+class RoundFiles:
+    """Everything one prompt-round writes, computed where it ran (a Ray actor or this process)
+    and written by the one writer (`write_round`)."""
+
+    job: Job
+    particles: str  # round-RRR.jsonl
+    summary: str  # round-RRR.json
+    chains_nc: bytes | None  # round-RRR.chains.nc
+    tree_png: bytes | None  # prompt-NNN/tree.png (round 0 of tree kernels)
+    row: dict[str, Any]  # its record line
+
+
+def round_files(recipe: Recipe, job: Job, post: Posterior) -> RoundFiles:
+    """A prompt-round's files and record line, from its Posterior (no file in the results
+    directory is touched)."""
+    import tempfile
+
     check_variables(recipe, post)
     prompt = recipe.prompts[job.prompt]
     variables = prompt_variables(recipe, job.prompt)
-    summary, jsonl, chains_nc = _round_files(out, job)
     rows = [json.dumps({"prompt": job.prompt, "chain": job.round, **row}) + "\n" for row in post.records(variables)]
-    atomic_write(jsonl, "".join(rows))
-    atomic_write(summary, json.dumps(_round_summary(post, job)) + "\n")
+    chains_nc = tree_png = None
     chains = post.extras.get("chains")
-    if isinstance(chains, Chains):
-        draws = Chains([[_json_ready(x) for x in c] for c in chains.samples], chains.stats, chains.kernel,
-                       chains.config)
-        kind = variables if draws.samples and isinstance(chains.samples[0][0], Program) else None
-        with atomic_path(chains_nc) as tmp:
-            save_netcdf(chains.to_arviz(kind) if kind else draws.to_arviz(), tmp)
     state = post.extras.get("state")
-    if job.round == 0 and getattr(state, "tree", None) is not None:
-        from ..results.plots import plot_tree
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(chains, Chains):
+            draws = Chains([[_json_ready(x) for x in c] for c in chains.samples], chains.stats, chains.kernel,
+                           chains.config)
+            kind = variables if draws.samples and isinstance(chains.samples[0][0], Program) else None
+            save_netcdf(chains.to_arviz(kind) if kind else draws.to_arviz(), Path(tmp) / "c.nc")
+            chains_nc = (Path(tmp) / "c.nc").read_bytes()
+        if job.round == 0 and getattr(state, "tree", None) is not None:
+            from ..results.plots import plot_tree
 
-        plot_tree(state.tree, summary.parent / "tree.png")
+            plot_tree(state.tree, Path(tmp) / "tree.png")
+            tree_png = (Path(tmp) / "tree.png").read_bytes()
     row = {
         "prompt": job.prompt, "id": prompt.id, "round": job.round, "seed": job.seed, "kernel": recipe.kernel_name,
         "answer": json_value(post.extras.get("answer", _weighted_answer(post))),
@@ -247,8 +263,25 @@ def commit(recipe: Recipe, out: Path, job: Job, post: Posterior, record: Record)
         "budget": {k: json_value(v) for k, v in post.budget.items() if k != "seconds"},
         "seconds": round(float(post.budget.get("seconds", 0.0)), 3), "message": post.message,
     }
-    record.append(row)
-    return row
+    return RoundFiles(job, "".join(rows), json.dumps(_round_summary(post, job)) + "\n", chains_nc, tree_png, row)
+
+
+def write_round(out: Path, files: RoundFiles, record: Record) -> dict[str, Any]:
+    """Write one prompt-round's files atomically, then its record line (the commit point)."""
+    summary, jsonl, chains_nc = _round_files(out, files.job)
+    atomic_write(jsonl, files.particles)
+    atomic_write(summary, files.summary)
+    if files.chains_nc is not None:
+        atomic_write(chains_nc, files.chains_nc)
+    if files.tree_png is not None:
+        atomic_write(summary.parent / "tree.png", files.tree_png)
+    record.append(files.row)
+    return files.row
+
+
+def commit(recipe: Recipe, out: Path, job: Job, post: Posterior, record: Record) -> dict[str, Any]:
+    """Write one prompt-round's files atomically, then its record line."""
+    return write_round(out, round_files(recipe, job, post), record)
 
 
 def _weighted_answer(post: Posterior) -> Any:
@@ -311,39 +344,73 @@ def assemble(recipe: Recipe, out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------- running
 def run_recipe(
     recipe: Recipe, out: Path, progress: bool = True, log: Callable[[str], None] | None = None,
-    overwrite: bool = False, window: int | None = None,
+    overwrite: bool = False, window: int | None = None, ray: Any = None,
 ) -> dict[str, Any]:
-    """Run every prompt-round not yet recorded in `out`, then write the results; the headline."""
+    """Run every prompt-round not yet recorded in `out`, then write the results; the headline.
+
+    `ray` (a `ray_runner.RayOptions`) runs the prompt-rounds on Ray actors instead of in this
+    process; the results directory and record are the same.
+    """
     if not progress:
         _quiet_transformers()
-    lm = build_lm(recipe.model)
-    reward = build_reward(recipe.reward, lm)
     out = Path(out)
+    pool = lm = reward = None
+    if ray is not None:
+        from .ray_runner import RayPool
+
+        pool = RayPool(recipe, ray, log)
+    else:
+        lm = build_lm(recipe.model)
+        reward = build_reward(recipe.reward, lm)
+    try:
+        result = _run(recipe, out, progress, log, overwrite, window, lm, reward, pool)
+        if pool is not None:
+            result["ray"] = pool.summary()
+        return result
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run(recipe: Recipe, out: Path, progress: bool, log: Callable[[str], None] | None, overwrite: bool,
+         window: int | None, lm: Any, reward: Any, pool: Any) -> dict[str, Any]:
     resumed = prepare(recipe, out, overwrite, log)
     record = Record(out)
     record.repair()
     done = {(r["prompt"], r["round"]) for r in record.read()}
     if recipe.allocation:
         jobs, total = [], recipe.rounds * min(recipe.allocation["per_round"], len(recipe.prompts))
-        preflight(recipe, list(range(len(recipe.prompts))), lm, reward)
+        pending = list(range(len(recipe.prompts)))
     else:
         jobs = [Job(i, r, run_seed(recipe, i, r)) for r in range(recipe.repeats) for i in range(len(recipe.prompts))
                 if (i, r) not in done]
         total = len(recipe.prompts) * recipe.repeats
-        preflight(recipe, sorted({j.prompt for j in jobs}), lm, reward)
+        pending = sorted({j.prompt for j in jobs})
+    if pool is not None:
+        pool.preflight(pending)
+    else:
+        preflight(recipe, pending, lm, reward)
     if log is not None:
         start_note = f", resuming: {len(done)} of {total} prompt-rounds already done" if resumed else ""
-        log(f"{recipe.kernel_name} on {len(recipe.prompts)} prompt(s) × {recipe.repeats} → {out}{start_note}")
+        where = f" on {pool.describe()}" if pool is not None else ""
+        log(f"{recipe.kernel_name} on {len(recipe.prompts)} prompt(s) × {recipe.repeats}{where} → {out}{start_note}")
     width = window or recipe.window or DEFAULT_WINDOW
     bar = _bar(progress and total > 1, total, len(done), recipe.kernel_name)
-    t0, tokens = time.perf_counter(), [0]
+    t0 = time.perf_counter()
+    committer = Committer(out, record, bar, t0)
+    if pool is not None:
+        def run_jobs(batch: list[Job]) -> None:
+            pool.run(batch, committer)
+    else:
+        def run_jobs(batch: list[Job]) -> None:
+            for lo in range(0, len(batch), width):
+                _run_round(recipe, batch[lo : lo + width], lm, reward, committer, progress and total == 1)
     interrupted = False
     try:
         if recipe.allocation:
-            run_allocated(recipe, out, lm, reward, record, done, bar, tokens, t0)
-        for lo in range(0, len(jobs), width):
-            _run_round(recipe, out, jobs[lo : lo + width], lm, reward, record, progress and total == 1,
-                       bar, tokens, t0)
+            run_allocated(recipe, out, done, run_jobs)
+        if jobs:
+            run_jobs(jobs)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -365,6 +432,22 @@ def run_recipe(
     return result
 
 
+class Committer:
+    """The one writer: each prompt-round's files and record line, and the progress bar."""
+
+    def __init__(self, out: Path, record: Record, bar: Any, t0: float) -> None:
+        self.out, self.record, self.bar, self.t0 = out, record, bar, t0
+        self.tokens = 0
+
+    def __call__(self, files: RoundFiles) -> dict[str, Any]:
+        row = write_round(self.out, files, self.record)
+        self.tokens += int(row["budget"].get("tokens", 0) or 0)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(tok_s=f"{self.tokens / max(time.perf_counter() - self.t0, 1e-9):.0f}")
+        return row
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C: what was done is recorded and summarised; the same command resumes."""
 
@@ -376,8 +459,8 @@ class Interrupted(KeyboardInterrupt):
 ALLOCATION_LOG = "allocation.jsonl"
 
 
-def run_allocated(recipe: Recipe, out: Path, lm: Any, reward: Any, record: Record, done: set[tuple[int, int]],
-                  bar: Any, tokens: list[int], t0: float) -> None:
+def run_allocated(recipe: Recipe, out: Path, done: set[tuple[int, int]],
+                  run_jobs: Callable[[list[Job]], None]) -> None:
     """Rounds chosen by the recipe's allocator; its state after each round goes to
     allocation.jsonl (fsynced), so a resumed run replays the same decisions.
 
@@ -409,7 +492,7 @@ def run_allocated(recipe: Recipe, out: Path, lm: Any, reward: Any, record: Recor
         picked = alloc.allocate(state, spec["per_round"], rng.child("round", r))
         jobs = [Job(i, r, run_seed(recipe, i, r)) for i in picked if (i, r) not in done]
         if jobs:
-            _run_round(recipe, out, jobs, lm, reward, record, False, bar, tokens, t0)
+            run_jobs(jobs)
         outcomes = {i: _rewards(out, Job(i, r, 0)) for i in picked}
         state = alloc.update(state, outcomes)
         with open(log_path, "a") as fh:
@@ -425,8 +508,8 @@ def _rewards(out: Path, job: Job) -> list[float]:
     return [1.0 if row.get("correct") else 0.0 for row in rows]
 
 
-def _run_round(recipe: Recipe, out: Path, jobs: list[Job], lm: Any, reward: Any, record: Record,
-               progress: bool, bar: Any, tokens: list[int], t0: float) -> None:
+def _run_round(recipe: Recipe, jobs: list[Job], lm: Any, reward: Any, commit_files: Callable[[RoundFiles], Any],
+               progress: bool) -> None:
     """The round's prompt-rounds together; each recorded as soon as all before it are."""
     shared = SharedRounds()
     ready: dict[int, Posterior] = {}
@@ -440,15 +523,18 @@ def _run_round(recipe: Recipe, out: Path, jobs: list[Job], lm: Any, reward: Any,
             raise result
         ready[k] = result
         while next_commit[0] in ready:  # commit in order: the record is the same whatever finishes first
-            post = ready.pop(next_commit[0])
-            commit(recipe, out, jobs[next_commit[0]], post, record)
-            tokens[0] += int(post.budget.get("tokens", 0))
+            commit_files(round_files(recipe, jobs[next_commit[0]], ready.pop(next_commit[0])))
             next_commit[0] += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):.0f}", round=len(jobs))
 
     shared.run([job_fn(j) for j in jobs], on_done)
+
+
+def run_jobs_here(recipe: Recipe, jobs: list[Job], lm: Any, reward: Any) -> list[RoundFiles]:
+    """Prompt-rounds run together in this process (one batched forward for all), their files
+    returned instead of written: what a Ray actor does with its share."""
+    got: list[RoundFiles] = []
+    _run_round(recipe, jobs, lm, reward, got.append, False)
+    return got
 
 
 def _quiet_transformers() -> None:
