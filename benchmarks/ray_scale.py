@@ -6,13 +6,16 @@ Three measurements, all on one local Ray cluster started once (127.0.0.1), every
 ratio against the single-process runner run in the same process on the same recipe:
 
   scale     tiny-arith best-of-8 on held-out problems: prompt-rounds per second with 1 and 2
-            actors (one torch thread each) against the runner (one thread). On 2 cores the
-            point is correctness and overhead, not speed.
+            actors (one torch thread each) against the runner (one thread), both batching 8
+            prompt-rounds per call (the runner's window = the actors' per_call). On 2 cores
+            the point is correctness and overhead, not speed.
   overhead  the seconds per prompt-round Ray adds with 1 actor (calls, transfers of the round
             files, the driver's commits), and the one-off start (actors loading the model).
   latency   the toy LM slowed to 20 ms per batched call (a stand-in for a remote model):
-            with 2 actors their calls overlap, so prompt-rounds per second should nearly
-            double, where the single-process runner waits out every call in turn.
+            one prompt-round per call (window 1), so each waits out its own calls; with 2
+            actors their calls overlap and prompt-rounds per second should nearly double,
+            where the single-process runner and 1 actor wait out every call in turn.
+Each figure is the median of 3 interleaved runs (1 with --quick), after a warm-up run.
 
 Times are the prompt-rounds' wall time (`sampling_seconds`), without writing the report.
 Writes benchmarks/out/ray_scale[_quick].json; full runs also docs/benchmarks/ray_scale.json.
@@ -53,14 +56,19 @@ def timed_run(recipe: Any, ray: Any) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def compare(name: str, recipe: Any, actors: list[int], per_call: int) -> dict[str, Any]:
+def compare(name: str, recipe: Any, actors: list[int], per_call: int, repeats: int) -> dict[str, Any]:
+    """Runner and Ray runs interleaved `repeats` times; the median of each (after a warm-up run)."""
     from ppllm.runs.ray_runner import RayOptions
 
-    local = timed_run(recipe, None)
-    rows = {"local": local}
-    for a in actors:
-        rows[f"ray_{a}"] = timed_run(recipe, RayOptions(actors=a, per_call=per_call, in_flight=2))
-    same = all(r["record"] == local["record"] for r in rows.values())
+    timed_run(recipe, None)  # warm-up: this process's first forward passes stay out of the figures
+    runs: dict[str, list[dict[str, Any]]] = {"local": [], **{f"ray_{a}": [] for a in actors}}
+    for _ in range(repeats):
+        runs["local"].append(timed_run(recipe, None))
+        for a in actors:
+            runs[f"ray_{a}"].append(timed_run(recipe, RayOptions(actors=a, per_call=per_call, in_flight=2)))
+    rows = {k: sorted(v, key=lambda r: r["per_s"])[len(v) // 2] for k, v in runs.items()}
+    local = rows["local"]
+    same = all(r["record"] == local["record"] for v in runs.values() for r in v)
     out = {"name": name, "prompt_rounds": local["prompt_rounds"], "same_record": same}
     for key, r in rows.items():
         out[key] = {k: v for k, v in r.items() if k != "record"}
@@ -89,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         n_arith = 16 if args.quick else 64
         arith = load_recipe(ROOT / "inference" / "arith_best_of_n.toml",
                             [f'prompts.file="{ROOT / "inference" / "arith_heldout_64.jsonl"}"',
-                             f"prompts.limit={n_arith}", "kernel.budget=8"])
+                             f"prompts.limit={n_arith}", "kernel.budget=8", "run.window=8"])
         items = ", ".join(f'"{c}"' for c in ["a", "b", "c", "ab", "ba", "ca", "cb", "bc"])
         toy = load_recipe(ROOT / "inference" / "toy_smc.toml",
                           [f"prompts.items=[{items}]", f"run.repeats={1 if args.quick else 3}",
-                           "kernel.n_particles=8", "model.latency=0.02"])
-        scale = compare("scale", arith, [1, 2], per_call=8)
-        latency = compare("latency", toy, [1, 2], per_call=1)
+                           "kernel.n_particles=8", "model.latency=0.02", "run.window=1"])
+        reps = 1 if args.quick else 3
+        scale = compare("scale", arith, [1, 2], per_call=8, repeats=reps)
+        latency = compare("latency", toy, [1, 2], per_call=1, repeats=reps)
     finally:
         ray.shutdown()
     overhead = (1 / scale["ray_1"]["per_s"] - 1 / scale["local"]["per_s"])
