@@ -136,3 +136,13 @@ def test_cli_without_ray_says_how_to_install(monkeypatch, tmp_path, capsys) -> N
     rc = main(["run", str(TOY), "--out", str(tmp_path / "o"), "--ray"])
     err = capsys.readouterr().err
     assert rc == 2 and "pip install 'ppllm[ray]'" in err and "Traceback" not in err
+
+
+def test_allocated_rounds_are_decided_here_and_match_the_runner(cluster, tmp_path) -> None:
+    arith = load_recipe(ROOT / "inference" / "arith_allocation.toml",
+                        ["prompts.limit=8", "allocation.rounds=2", "allocation.per_round=4", "kernel.budget=4"])
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    run_recipe(arith, local, progress=False)
+    run_recipe(arith, remote, progress=False, ray=RayOptions(actors=2, per_call=2))
+    assert record(remote) == record(local) and len(record(local)) == 8
+    assert (remote / "allocation.jsonl").read_text() == (local / "allocation.jsonl").read_text()
