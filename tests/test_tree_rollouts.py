@@ -177,6 +177,24 @@ def test_branch_rule_broken_twin_fails() -> None:
         check_branching(either)
 
 
+def test_branch_rule_matches_a_full_sort_with_ties() -> None:
+    """The partial selection ranks like a stable sort of the whole row (ties by token id)."""
+    def by_full_sort(lp, ta, tr, m):
+        p = np.exp(lp)
+        order = np.argsort(-p, kind="stable")[:m]
+        return [int(j) for j in order[1:] if p[j] > ta and p[order[0]] - p[j] < tr]
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        counts = rng.integers(0, 4, size=int(rng.integers(2, 9))) + (rng.random() < 0.5)  # many ties
+        if counts.sum() == 0:
+            continue
+        with np.errstate(divide="ignore"):  # zero counts are −inf log-probabilities
+            lp = np.log(counts / counts.sum())
+        for m in (2, 3, 5):
+            assert latr.branch_candidates(lp, 0.1, 0.3, m) == by_full_sort(lp, 0.1, 0.3, m), (counts, m)
+
+
 PRUNE_CASES = [
     # (child span, parent span, rouge, suffix, edit) -> prune?
     (([1, 2, 3, 4], [1, 2, 3, 5], 0.5, 0.2, 0.4), True),    # ROUGE-L 2·3/8 = .75

@@ -64,7 +64,11 @@ def branch_candidates(logprobs: np.ndarray, tau_abs: float, tau_rel: float, max_
     p_j > tau_abs and p_1 − p_j < tau_rel, in rank order (ties by token id)."""
     p = np.exp(np.asarray(logprobs, dtype=np.float64))
     m = min(int(max_branch_per_token), len(p))
-    order = np.argsort(-p, kind="stable")[:m]
+    # the top m without sorting the vocabulary: everything at least the m-th largest value,
+    # ranked by probability, ties by token id (as a stable sort of the whole row would)
+    kth = np.partition(p, len(p) - m)[len(p) - m]
+    cand = np.flatnonzero(p >= kth)
+    order = cand[np.argsort(-p[cand], kind="stable")][:m]
     top = p[order[0]]
     return [int(j) for j in order[1:] if p[j] > tau_abs and top - p[j] < tau_rel]
 
