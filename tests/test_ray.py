@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -37,8 +36,19 @@ def record(out: Path) -> list[dict]:
 
 
 def ray_processes() -> list[str]:
-    got = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
-    return [line for line in got.splitlines() if "pgrep" not in line]
+    """Command lines of Ray's processes on this machine (read from /proc: no fork from a process
+    that has threads)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if any(k in cmd for k in ("raylet", "gcs_server", "ray::")):
+            found.append(cmd.strip())
+    return found
 
 
 @pytest.fixture(scope="module")
