@@ -156,3 +156,20 @@ def test_allocated_rounds_are_decided_here_and_match_the_runner(cluster, tmp_pat
     run_recipe(arith, remote, progress=False, ray=RayOptions(actors=2, per_call=2))
     assert record(remote) == record(local) and len(record(local)) == 8
     assert (remote / "allocation.jsonl").read_text() == (local / "allocation.jsonl").read_text()
+
+
+def test_a_mistake_found_on_an_actor_is_the_same_one_line_error(cluster, tmp_path) -> None:
+    from ppllm.recipes import RecipeError
+
+    bad = load_recipe(TOY, ['prompts.items=["a", "zz"]'])  # "z" is not in the toy vocabulary
+    with pytest.raises(RecipeError, match="prompt 1: text 'zz' has a character not in the toy vocabulary"):
+        run_recipe(bad, tmp_path / "out", progress=False, ray=RayOptions(actors=1))
+    assert not (tmp_path / "out" / "record.jsonl").exists() or not (tmp_path / "out" / "record.jsonl").read_text()
+
+
+def test_nothing_to_do_starts_no_actors(cluster, tmp_path) -> None:
+    out = tmp_path / "out"
+    run_recipe(recipe(), out, progress=False)
+    started: list[list[int]] = []
+    result = run_recipe(recipe(), out, progress=False, ray=RayOptions(actors=2, on_start=started.append))
+    assert started == [] and "ray" not in result and len(record(out)) == 12

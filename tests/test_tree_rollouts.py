@@ -115,6 +115,9 @@ FORK_CASES = [
     ((2, 6, 3, "logprob_weighted", [0.0, math.log(3)]), [2, 4]),   # extra 4 split 1 : 3
     ((2, 6, 3, "inverse_logprob", [0.0, math.log(3)]), [4, 2]),
     ((3, 6, 2, "logprob_weighted", [0.0, 0.0, math.log(2)]), [2, 2, 2]),  # shares .75 .75 1.5 → largest remainders
+    ((2, 4, 2, "inverse_logprob", [-math.inf, -3.0]), [3, 1]),   # a zero-probability path: least likely
+    ((2, 4, 2, "logprob_weighted", [-math.inf, -3.0]), [1, 3]),
+    ((2, 4, 2, "logprob_weighted", [-math.inf, -math.inf]), [2, 2]),  # nothing to weight by: even
 ]
 
 
@@ -276,11 +279,11 @@ def test_treepo_regrows_bad_leaves_and_fills_the_group() -> None:
     assert set(g["origin"]) <= {"root", "fork", "regrow", "fill"}
 
 
-def test_latr_branches_where_the_rule_says_and_is_batch_invariant() -> None:
-    a = latr.run(Letters(BRANCHY), 8, seed=4, prune_steps=[2], rouge_l_threshold=0.9, suffix_threshold=0.0,
-                 edit_threshold=0.0)
-    b = latr.run(Letters(BRANCHY), 8, seed=4, prune_steps=[2], rouge_l_threshold=0.9, suffix_threshold=0.0,
-                 edit_threshold=0.0, engine=Engine(max_batch=1))
+@pytest.mark.parametrize("mode", latr.SAMPLE_MODES)
+def test_latr_branches_where_the_rule_says_and_is_batch_invariant(mode) -> None:
+    opts = dict(prune_steps=[2], rouge_l_threshold=0.9, suffix_threshold=0.0, edit_threshold=0.0, sample_mode=mode)
+    a = latr.run(Letters(BRANCHY), 8, seed=4, **opts)
+    b = latr.run(Letters(BRANCHY), 8, seed=4, engine=Engine(max_batch=1), **opts)
     assert fingerprint(a) == fingerprint(b)
     g = a.extras["group"]
     assert len(a.particles) == 8 and g["branched"] > 0
@@ -348,3 +351,27 @@ def test_recipe_checker_refuses_bad_tree_options(recipe, override, field, messag
     with pytest.raises(RecipeError, match=message) as err:
         load_recipe(path, [override])
     assert err.value.field == field
+
+
+def test_latr_refuses_a_served_lm_and_a_step_with_other_randomness_first() -> None:
+    class Served(ToyLM):
+        chunk_requests = True
+
+    served = Served(["a", "b", "<eos>"], {(): [0.5, 0.4, 0.1]})
+    with pytest.raises(ppllm.ProgramError, match="latr branches token by token from next-token rows"):
+        latr.run(Letters(served), 4, seed=0)
+
+    calls = [0]
+
+    class Restless(Letters):
+        """Not a function of its state and LM draws: every other run of a step puts a "b" in
+        the context first, so a branch re-running its parent's step sees another context."""
+
+        async def step(self) -> None:
+            calls[0] += 1
+            if calls[0] % 2:
+                self.ctx = self.ctx + 1
+            await super().step()
+
+    with pytest.raises(ppllm.ProgramError, match="a step's only randomness may be its LM draws"):
+        latr.run(Restless(BRANCHY), 8, seed=0)

@@ -22,8 +22,9 @@ the root is branching, the kernel takes over its branches' LM draws token by tok
   new span is compared with its parent's span over the same positions, and the branch is
   dropped when ROUGE-L F1 > `rouge_l`, the common suffix covers more than `suffix_match`
   of the span, or the normalised edit distance is below `edit_distance` (0 turns a test
-  off). Finished branches are exempt.
-- **exit**: once the root's branches fill more than a threshold of `cap` (starting at
+  off). Finished branches are exempt; a parent that ended sooner is compared over what it
+  has. Branches replay their parent's tokens, so a step's only randomness may be its LM draws.
+- **exit**: once the root's branches fill at least a threshold of `cap` (starting at
   `exit_threshold`, lowered by `exit_decay` every step) or a branch has drawn
   `force_exit_tokens` tokens, the policies are removed and every branch finishes by the
   program's own sampling.
@@ -127,7 +128,7 @@ class Branch:
 class Spawn:
     parent: Branch
     state: Program  # the parent's state before the step the branch was born in
-    forced: list[tuple[int, float]]  # (token, log q) replayed, the last one the candidate
+    forced: list[tuple[int, float, tuple[int, ...]]]  # (token, log q, context) replayed; the last: the candidate
     tokens_before: int  # len(parent.tokens) when the step began
 
 
@@ -176,22 +177,32 @@ class Settings:
 class BranchPolicy:
     """Draws one branch's LM tokens for one step: replays forced tokens, branches, picks."""
 
-    def __init__(self, state: LATRState, branch: Branch, settings: Settings, forced: list[tuple[int, float]],
-                 pre: Program | None) -> None:
+    def __init__(self, state: LATRState, branch: Branch, settings: Settings,
+                 forced: list[tuple[int, float, tuple[int, ...]]], pre: Program | None) -> None:
         self.state, self.branch, self.settings = state, branch, settings
         self.forced = list(forced)
-        self.drawn: list[tuple[int, float]] = []  # this step's tokens so far, with log q
+        self.drawn: list[tuple[int, float, tuple[int, ...]]] = []  # this step's tokens, log q, context
         self.pre = pre  # the branch's state before this step (None: no more branching)
 
     async def __call__(self, dist: Any, rng: Rng) -> Draw:
         if not isinstance(dist, NextToken | ChunkDistribution):
             return await dist.sample(rng)
+        if getattr(dist.lm, "chunk_requests", False):
+            raise ValueError(f"latr branches token by token from next-token rows, which {dist.lm.name} (a served "
+                             "LM) does not return; use treepo, or an in-process model")
 
         async def pick(tokens: tuple[int, ...]) -> tuple[int, float]:
-            # replayed tokens are in the branch's token list since its birth; `_next` adds new ones
-            got = self.forced.pop(0) if self.forced else await self._next(dist, tokens, rng)
-            self.drawn.append(got)
-            return got
+            here = dist.ctx.tokens + tokens
+            if self.forced:  # replayed: already in the branch's token list since its birth
+                tok, lq, where = self.forced.pop(0)
+                if where != here:
+                    raise ValueError("latr replays a parent's tokens into a new branch, so a step's only randomness "
+                                     "may be its LM draws (this step drew something else before them, or its "
+                                     "context differs)")
+            else:
+                tok, lq = await self._next(dist, tokens, rng)
+            self.drawn.append((tok, lq, here))
+            return tok, lq
 
         return await draw_by_token(dist, pick)
 
@@ -200,13 +211,17 @@ class BranchPolicy:
         lq = dist.transform(base)
         s, st = self.settings, self.state
         top = int(np.argmax(lq))
+        spawned = False
         if self.pre is not None:
+            here = dist.ctx.tokens + tokens
             for j in branch_candidates(lq, s.tau_abs, s.tau_rel, s.max_branch_per_token):
                 if st.root_count() >= st.cap:
                     break  # the root is full: lower-ranked candidates are dropped
-                st.pending.append(Spawn(self.branch, self.pre, [*self.drawn, (j, float(lq[j]))],
+                st.pending.append(Spawn(self.branch, self.pre, [*self.drawn, (j, float(lq[j]), here)],
                                         len(self.branch.path.tokens) - len(self.drawn)))
-        greedy = s.sample_mode == "none" or (s.sample_mode == "full" and st.root_count() < st.cap)
+                spawned = True
+        # at a branch point the branch keeps the top token (its children took the others)
+        greedy = spawned or s.sample_mode == "none" or (s.sample_mode == "full" and st.root_count() < st.cap)
         tok = top if greedy else int(rng.categorical(np.exp(lq)))
         self.branch.path.tokens.append(tok)
         return tok, float(lq[tok])
@@ -233,7 +248,7 @@ def step(
 ) -> tuple[LATRState, dict[str, int]]:
     """One program step of every live path; branches born in it take their step too."""
     t = state.t
-    todo: list[tuple[Branch, list[tuple[int, float]]]] = [(b, []) for b in state.active]
+    todo: list[tuple[Branch, list[tuple[int, float, tuple[int, ...]]]]] = [(b, []) for b in state.active]
     born = 0
     stepped: list[Branch] = []
     for _ in range(state.cap + 1):  # passes: the live paths, then the branches born in the pass before
@@ -257,7 +272,7 @@ def step(
         for sp in state.pending:  # branches born this step: their step, from the parent's state
             path = state.new_path(sp.state.clone(), "branch", sp.parent.path.steps - 1,
                                   sp.parent.path.tokens[: sp.tokens_before])
-            path.tokens.extend(tok for tok, _ in sp.forced)
+            path.tokens.extend(tok for tok, _, _ in sp.forced)
             child = Branch(path, sp.parent.path, len(path.tokens) - 1, latr=True)
             todo.append((child, sp.forced))
             state.n_branched += 1
@@ -276,9 +291,9 @@ def step(
                 if k in b.checked or span < k:
                     continue
                 b.checked.add(k)
-                mine = b.path.tokens[b.birth: b.birth + k]
-                theirs = b.parent.tokens[b.birth: b.birth + k]
-                if too_similar(mine, theirs, rouge, suffix, edit):
+                theirs = b.parent.tokens[b.birth: b.birth + k]  # shorter if the parent ended first
+                mine = b.path.tokens[b.birth: b.birth + len(theirs)]
+                if theirs and too_similar(mine, theirs, rouge, suffix, edit):
                     state.pruned.append(b)
                     pruned += 1
                     break

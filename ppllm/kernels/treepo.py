@@ -7,8 +7,8 @@ reward and tree advantage in `extras["group"]`.
 The tree, in program steps (for a token-level program a step is a token, for a chunked
 one a line or a reasoning step):
 
-- the root forks at once into k paths, k drawn uniformly from `first_width` (TreePO's
-  first-step divergence, [2, 8]), at most `width`;
+- the root forks at once into k paths, k drawn uniformly from `first_width` cut at
+  `width` (TreePO's first-step divergence, [2, 8]);
 - a path that completes a segment of `segment_length` steps at depth < `max_depth` stops
   at a segment boundary (a node of the tree, its state kept); the paths at a boundary fork
   by `fork_counts`: about `step_width` children each, in total at most `width` minus the
@@ -73,7 +73,12 @@ def fork_counts(n_at_boundary: int, available: int, step_width: int, fork_contro
         return [1 + base + (1 if i < rem else 0) for i in range(n)]
     if log_probs is None or len(log_probs) != n:
         raise ValueError(f"{fork_control} needs one log-probability per path")
-    lp = np.asarray(log_probs, dtype=np.float64) * (1.0 if fork_control == "logprob_weighted" else -1.0)
+    lp = np.asarray(log_probs, dtype=np.float64).copy()
+    finite = np.isfinite(lp)
+    if not finite.any():  # no path has a usable log-probability: split evenly
+        return fork_counts(n, available, step_width, "fixed")
+    lp[~finite] = lp[finite].min() - 1e3  # a path of probability zero ranks last (first, inverted)
+    lp *= 1.0 if fork_control == "logprob_weighted" else -1.0
     w = np.exp(lp - lp.max())
     shares = extra * w / w.sum()
     counts = np.floor(shares).astype(int)
@@ -136,7 +141,9 @@ def init(program: Program, width: int, rng: Rng, first_width: Any = (2, 8)) -> T
     """The root node and its first divergence: k ~ U{first_width} paths (at most `width`)."""
     width = check_count("width", width)
     lo, hi = _check_first_width(first_width, width)
-    k = min(width, lo + int(rng.child("first_width").categorical(np.ones(hi - lo + 1))))
+    hi = min(hi, width)  # uniform over what the group can hold
+    lo = min(lo, hi)
+    k = lo + int(rng.child("first_width").categorical(np.ones(hi - lo + 1)))
     root = SegmentNode(0, None, 0, program.clone(), 0.0, 0, [])
     state = TreePOState(width, [], {0: root}, next_id=0)
     state.active = [_start(state, root, "root") for _ in range(k)]

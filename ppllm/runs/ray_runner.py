@@ -81,32 +81,47 @@ class RayOptions:
 class Worker:
     """A Ray actor's body: the recipe's LM and reward, loaded once; prompt-rounds on demand."""
 
-    def __init__(self, recipe_text: str, threads: int) -> None:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        import torch
+    def __init__(self, recipe_text: str, threads: int, base: str | None = None) -> None:
+        self.error: BaseException | None = None
+        try:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            import torch
 
-        torch.set_num_threads(threads)
-        from ..recipes import build_lm, build_reward, load_recipe
-        from .runner import _quiet_transformers
+            torch.set_num_threads(threads)
+            from pathlib import Path
 
-        _quiet_transformers()
-        self.recipe = load_recipe(None, data=tomllib.loads(recipe_text))
-        self.lm = build_lm(self.recipe.model)
-        self.reward = build_reward(self.recipe.reward, self.lm)
+            from ..recipes import build_lm, build_reward, load_recipe
+            from .runner import _quiet_transformers
+
+            _quiet_transformers()
+            # relative file paths in the recipe (a program.py) resolve beside the recipe, as here
+            where = Path(base) / "recipe.toml" if base else None
+            self.recipe = load_recipe(where, data=tomllib.loads(recipe_text))
+            self.lm = build_lm(self.recipe.model)
+            self.reward = build_reward(self.recipe.reward, self.lm)
+        except Exception as e:  # noqa: BLE001 - kept, raised by the first call (an actor must not die of it)
+            self.error = e
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
     def pid(self) -> int:
+        self._check()
         return os.getpid()
 
     def preflight(self, prompts: list[int]) -> None:
         from .runner import preflight
 
+        self._check()
         preflight(self.recipe, prompts, self.lm, self.reward)
 
     def run(self, jobs: list[tuple[int, int, int]]) -> list[RoundFiles]:
         from .runner import run_jobs_here
 
+        self._check()
         return run_jobs_here(self.recipe, [Job(*j) for j in jobs], self.lm, self.reward)
 
 
@@ -130,11 +145,16 @@ class RayPool:
 
         self.ray, self.options, self.log = ray, options, log
         self.text = dump_recipe(recipe)
-        self.started = False
-        if not ray.is_initialized():
+        self.base = str(recipe.path.parent.resolve()) if getattr(recipe, "path", None) is not None else None
+        self.started = self.connected = False
+        if ray.is_initialized():
+            if options.address and self.log is not None:
+                self.log(f"already connected to a Ray cluster: using it, not {options.address}")
+        else:
             quiet = {} if os.environ.get("PPLLM_VERBOSE") else {"logging_level": logging.ERROR, "log_to_driver": False}
             if options.address:
                 ray.init(address=options.address, **quiet)
+                self.connected = True
             else:
                 cpus = max(os.cpu_count() or 1, int(options.actors * options.cpus))
                 ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
@@ -162,7 +182,7 @@ class RayPool:
                                                                 else self.options.restarts) - self.restarts_left}
 
     def _start(self) -> Any:
-        return self.remote_worker.remote(self.text, self.options.threads)
+        return self.remote_worker.remote(self.text, self.options.threads, self.base)
 
     def describe(self) -> str:
         where = self.options.address or "a local Ray cluster"
@@ -218,9 +238,12 @@ class RayPool:
         faults = _fault_types()
         try:
             while next_chunk < len(chunks):
-                for actor in list(self.actors):  # top every actor up to `in_flight` calls
+                # top every actor up to `in_flight` calls, but never run far ahead of the oldest
+                # uncommitted call: what arrives early waits in memory, not in the record
+                ahead = 2 * len(self.actors) * self.options.in_flight
+                for actor in list(self.actors):
                     held = sum(1 for a, _ in flying.values() if a is actor)
-                    while queue and held < self.options.in_flight:
+                    while queue and held < self.options.in_flight and queue[0] - next_chunk < ahead:
                         k = queue.popleft()
                         ref = actor.run.remote([(j.prompt, j.round, j.seed) for j in chunks[k]])
                         flying[ref] = (actor, k)
@@ -258,6 +281,6 @@ class RayPool:
             except Exception:  # noqa: BLE001
                 pass
         self.actors = []
-        if self.started:
+        if self.started or self.connected:  # a cluster this run started is shut down, one it joined left
             self.ray.shutdown()
             time.sleep(0.1)

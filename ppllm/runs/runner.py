@@ -354,26 +354,23 @@ def run_recipe(
     if not progress:
         _quiet_transformers()
     out = Path(out)
-    pool = lm = reward = None
-    if ray is not None:
-        from .ray_runner import RayPool
-
-        pool = RayPool(recipe, ray, log)
-    else:
+    lm = reward = None
+    if ray is None:
         lm = build_lm(recipe.model)
         reward = build_reward(recipe.reward, lm)
+    pools: list[Any] = []
     try:
-        result = _run(recipe, out, progress, log, overwrite, window, lm, reward, pool)
-        if pool is not None:
-            result["ray"] = pool.summary()
+        result = _run(recipe, out, progress, log, overwrite, window, lm, reward, ray, pools)
+        if pools:
+            result["ray"] = pools[0].summary()
         return result
     finally:
-        if pool is not None:
+        for pool in pools:
             pool.close()
 
 
 def _run(recipe: Recipe, out: Path, progress: bool, log: Callable[[str], None] | None, overwrite: bool,
-         window: int | None, lm: Any, reward: Any, pool: Any) -> dict[str, Any]:
+         window: int | None, lm: Any, reward: Any, ray: Any, pools: list[Any]) -> dict[str, Any]:
     resumed = prepare(recipe, out, overwrite, log)
     record = Record(out)
     record.repair()
@@ -386,9 +383,15 @@ def _run(recipe: Recipe, out: Path, progress: bool, log: Callable[[str], None] |
                 if (i, r) not in done]
         total = len(recipe.prompts) * recipe.repeats
         pending = sorted({j.prompt for j in jobs})
+    pool = None
+    if ray is not None and (jobs or recipe.allocation):  # actors only when there is work for them
+        from .ray_runner import RayPool
+
+        pool = RayPool(recipe, ray, log)
+        pools.append(pool)
     if pool is not None:
         pool.preflight(pending)
-    else:
+    elif lm is not None:
         preflight(recipe, pending, lm, reward)
     if log is not None:
         start_note = f", resuming: {len(done)} of {total} prompt-rounds already done" if resumed else ""
