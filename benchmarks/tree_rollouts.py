@@ -22,6 +22,8 @@ verifier of the final answer (1 if it equals the sum). Per method and G:
   seconds        wall seconds per group (window wall / groups)
   distinct       distinct final answers per group;  pass@1, pass@G (unbiased, per group)
   informative    fraction of groups whose rewards are not all equal (non-zero advantage)
+  branched       per group: LATR branches born (TreePO: forks); pruned: LATR branches pruned
+                 (TreePO: paths regrown)
 
 tiny-arith: `--prompts` held-out problems (200; 24 with --quick), temperature 1.
 SmolLM2-135M-Instruct: 3 addition questions in its chat template, steps ending at a blank
@@ -77,13 +79,16 @@ def kernel_call(method: str, G: int, reward: Callable, bad: Callable | None, max
 def group_figures(post: Any, gold: Any) -> dict[str, float]:
     from ppllm.runs.coverage import pass_at_k
 
+    g = post.extras.get("group", {})
     answers = [getattr(p, "answer", None) for p in post.particles]
     rewards = [1.0 if a is not None and a == gold else 0.0 for a in answers]
     n, c = len(rewards), int(sum(rewards))
     return {"distinct": len({a for a in answers if a is not None}), "pass1": pass_at_k(n, c, 1),
             "passG": pass_at_k(n, c, n), "informative": float(0 < c < n),
             "request_tokens": float(post.budget.get("tokens", 0)),
-            "path_tokens": float(sum(len(p.ctx) for p in post.particles))}
+            "path_tokens": float(sum(len(p.ctx) for p in post.particles)),
+            # how much of the group the tree built: LATR branches born / pruned, TreePO forks / regrowths
+            "branched": float(g.get("branched", g.get("forked", 0))), "pruned": float(g.get("pruned", g.get("regrown", 0)))}
 
 
 def run_method(lm: Any, programs: list[Callable[[], Any]], golds: list[Any], method: str, G: int, seeds: list[int],
@@ -188,7 +193,8 @@ def smollm2_suite(sizes: list[int]) -> dict[str, Any]:
 def _say(r: dict[str, Any]) -> None:
     print(f"  {r['model']:10s} G={r['G']:2d} {r['method']:12s} model tokens/group {r['model_tokens']:7.1f} "
           f"(trie saved {r['trie_saving']:.0%} of {r['path_tokens']:.0f})  {r['seconds'] * 1000:6.1f} ms/group  distinct {r['distinct']:.2f}  "
-          f"pass@1 {r['pass1']:.3f}  pass@G {r['passG']:.3f}  informative {r['informative']:.3f}", flush=True)
+          f"pass@1 {r['pass1']:.3f}  pass@G {r['passG']:.3f}  informative {r['informative']:.3f}  "
+          f"branched {r['branched']:.2f} pruned {r['pruned']:.2f}", flush=True)
 
 
 def plot(suites: list[dict[str, Any]], path: Path) -> None:
