@@ -50,7 +50,7 @@ from ..program import Program
 from ..results.posterior import Posterior
 from ..rng import Rng, as_rng
 from .driver import Output, check_count, run_kernel
-from .rollout_group import GroupPath, check_fraction, group_extras, text_answer
+from .rollout_group import GroupPath, GroupState, check_fraction, group_extras, text_answer
 from .selection import AnswerFn, ScoreFn, recorded_score
 
 __all__ = ["SAMPLE_MODES", "LATRState", "branch_candidates", "init", "rouge_l", "run", "step",
@@ -133,28 +133,17 @@ class Spawn:
 
 
 @dataclass
-class LATRState:
-    width: int
-    cap: int  # branches the root may hold
-    active: list[Branch]
-    leaves: list[Branch] = field(default_factory=list)
+class LATRState(GroupState):
+    """The group in progress: its branches (live and finished), those pruned, and those born
+    in the current step waiting for their first pass."""
+
+    cap: int = 0  # branches the root may hold
     pruned: list[Branch] = field(default_factory=list)
     pending: list[Spawn] = field(default_factory=list)
     branching: bool = True  # the root is still in LATR mode
     root: Program | None = None  # the program every path starts from (fills too)
-    next_id: int = 0
     n_branched: int = 0
     n_filled: int = 0
-    t: int = 0
-    failed: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return not self.active and len(self.leaves) >= self.width
-
-    @property
-    def n_running(self) -> int:
-        return len(self.active)
 
     def root_count(self) -> int:
         """Branches of the root that hold a place: live, finished or waiting to be born."""
@@ -200,20 +189,20 @@ class BranchPolicy:
                                      "may be its LM draws (this step drew something else before them, or its "
                                      "context differs)")
             else:
-                tok, lq = await self._next(dist, tokens, rng)
+                tok, lq = await self._next(dist, here, rng)
             self.drawn.append((tok, lq, here))
             return tok, lq
 
         return await draw_by_token(dist, pick)
 
-    async def _next(self, dist: Any, tokens: tuple[int, ...], rng: Rng) -> tuple[int, float]:
-        base = await NextTokenLogprobs(dist.lm, dist.ctx.tokens + tokens)
+    async def _next(self, dist: Any, here: tuple[int, ...], rng: Rng) -> tuple[int, float]:
+        """A fresh token after context `here`: spawn the branches the rule allows, then pick."""
+        base = await NextTokenLogprobs(dist.lm, here)
         lq = dist.transform(base)
         s, st = self.settings, self.state
         top = int(np.argmax(lq))
         spawned = False
         if self.pre is not None:
-            here = dist.ctx.tokens + tokens
             for j in branch_candidates(lq, s.tau_abs, s.tau_rel, s.max_branch_per_token):
                 if st.root_count() >= st.cap:
                     break  # the root is full: lower-ranked candidates are dropped
@@ -231,7 +220,7 @@ def init(program: Program, width: int, mix_ratio: float = 1.0) -> LATRState:
     """The root branch and the group's independent samples."""
     width = check_count("width", width)
     cap = int(round(check_fraction("mix_ratio", mix_ratio, closed_low=True, closed_high=True) * width))
-    state = LATRState(width, cap, [], root=program)
+    state = LATRState(width, cap=cap, root=program)
     if cap > 0:
         state.active.append(Branch(state.new_path(program.clone(), "root"), latr=True))
     else:
@@ -389,7 +378,7 @@ def run(
         leaves = sorted(s.leaves, key=lambda b: b.path.id)
         paths = [b.path for b in leaves]
         extras = group_extras(paths, reward_fn, answer_fn, tree=False, branched=s.n_branched,
-                              pruned=len(s.pruned), filled=s.n_filled, tokens=engine.stats.tokens,
+                              pruned=len(s.pruned), filled=s.n_filled,
                               parents=[None if b.parent is None else b.parent.id for b in leaves],
                               births=[b.birth if b.parent is not None else None for b in leaves])
         return Output([b.path.program for b in leaves], np.zeros(len(leaves)), math.nan, extras=extras)

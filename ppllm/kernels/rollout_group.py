@@ -27,7 +27,7 @@ from ..program import Program
 from ..results.posterior import particle_text
 from .selection import AnswerFn, ScoreFn, scores_of
 
-__all__ = ["GroupPath", "check_fraction", "group_advantages", "group_extras", "new_log_p", "text_answer",
+__all__ = ["GroupPath", "GroupState", "check_fraction", "group_advantages", "group_extras", "new_log_p", "text_answer",
            "tree_advantages", "whiten"]
 
 
@@ -42,6 +42,27 @@ class GroupPath:
     log_p: float = 0.0  # the path's log-probability under its own distributions so far
     steps: int = 0  # program steps taken since the path started from the root
     tokens: list[int] = field(default_factory=list)  # LM tokens it drew (LATR)
+
+
+@dataclass
+class GroupState:
+    """What every rollout-group kernel's state holds: the group's width, its live paths and
+    finished leaves, the next path id, and the driver's step count and failure."""
+
+    width: int
+    active: list[Any] = field(default_factory=list)
+    leaves: list[Any] = field(default_factory=list)
+    next_id: int = 0
+    t: int = 0
+    failed: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self.active and len(self.leaves) >= self.width
+
+    @property
+    def n_running(self) -> int:
+        return len(self.active)
 
 
 def new_log_p(program: Program, n_before: int) -> float:

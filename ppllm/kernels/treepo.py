@@ -42,7 +42,7 @@ from ..program import Program
 from ..results.posterior import Posterior
 from ..rng import Rng, as_rng
 from .driver import Output, check_count, run_kernel
-from .rollout_group import GroupPath, group_extras, new_log_p, text_answer
+from .rollout_group import GroupPath, GroupState, group_extras, new_log_p, text_answer
 from .selection import AnswerFn, ScoreFn, recorded_score
 
 __all__ = ["FORK_CONTROLS", "SegmentNode", "TreePOState", "fork_counts", "init", "run", "step"]
@@ -102,32 +102,17 @@ class SegmentNode:
 
 
 @dataclass
-class TreePOState:
+class TreePOState(GroupState):
     """The group in progress: live paths, finished leaves and the segment nodes."""
 
-    width: int
-    active: list[GroupPath]
-    nodes: dict[int, SegmentNode]
-    leaves: list[GroupPath] = field(default_factory=list)
+    nodes: dict[int, SegmentNode] = field(default_factory=dict)
     seg_steps: dict[int, int] = field(default_factory=dict)  # path id -> steps into its segment
     depth: dict[int, int] = field(default_factory=dict)  # path id -> its last node's depth
-    next_id: int = 0
     regrown: int = 0
     filled: int = 0
-    dropped: list[GroupPath] = field(default_factory=list)
-    t: int = 0
-    failed: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return not self.active and len(self.leaves) >= self.width
-
-    @property
-    def n_running(self) -> int:
-        return len(self.active)
 
 
-def _check_first_width(first_width: Any, width: int) -> tuple[int, int]:
+def _check_first_width(first_width: Any) -> tuple[int, int]:
     try:
         lo, hi = (int(first_width), int(first_width)) if isinstance(first_width, int) else map(int, first_width)
     except (TypeError, ValueError):
@@ -140,12 +125,12 @@ def _check_first_width(first_width: Any, width: int) -> tuple[int, int]:
 def init(program: Program, width: int, rng: Rng, first_width: Any = (2, 8)) -> TreePOState:
     """The root node and its first divergence: k ~ U{first_width} paths (at most `width`)."""
     width = check_count("width", width)
-    lo, hi = _check_first_width(first_width, width)
+    lo, hi = _check_first_width(first_width)
     hi = min(hi, width)  # uniform over what the group can hold
     lo = min(lo, hi)
     k = lo + int(rng.child("first_width").categorical(np.ones(hi - lo + 1)))
     root = SegmentNode(0, None, 0, program.clone(), 0.0, 0, [])
-    state = TreePOState(width, [], {0: root}, next_id=0)
+    state = TreePOState(width, nodes={0: root})
     state.active = [_start(state, root, "root") for _ in range(k)]
     return state
 
@@ -202,7 +187,6 @@ def step(
             if bad_fn is not None and state.regrown < max_regrow and bad_fn(p.program):
                 state.regrown += 1
                 regrown += 1
-                state.dropped.append(p)
                 new.append(_start(state, _random_boundary(state, p.prefix, r.child("regrow", p.id)), "regrow"))
             else:
                 state.leaves.append(p)
@@ -240,7 +224,7 @@ def check_options(*, width: Any = 8, segment_length: Any = 1, max_depth: Any = 6
     width = check_count("width", width)
     out = {"width": width, "segment_length": check_count("segment_length", segment_length),
            "max_depth": check_count("max_depth", max_depth), "step_width": check_count("step_width", step_width),
-           "first_width": list(_check_first_width(first_width, width))}
+           "first_width": list(_check_first_width(first_width))}
     if fork_control not in FORK_CONTROLS:
         raise ValueError(f"fork_control must be one of {', '.join(FORK_CONTROLS)}, got {fork_control!r}")
     regrow = (width if bad_fn is not None else 0) if max_regrow is None else max_regrow
@@ -287,7 +271,7 @@ def run(
         leaves = sorted(state.leaves, key=lambda p: p.id)
         extras = group_extras(leaves, reward_fn, answer_fn, tree=True, n_nodes=len(state.nodes),
                               regrown=state.regrown, filled=state.filled,
-                              forked=sum(i["forked"] for i in infos), tokens=engine.stats.tokens)
+                              forked=sum(i["forked"] for i in infos))
         return Output([p.program for p in leaves], np.zeros(len(leaves)), math.nan, extras=extras)
 
     return run_kernel(

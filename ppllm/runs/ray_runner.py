@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import tomllib
 from collections import deque
 from collections.abc import Callable
@@ -283,4 +282,3 @@ class RayPool:
         self.actors = []
         if self.started or self.connected:  # a cluster this run started is shut down, one it joined left
             self.ray.shutdown()
-            time.sleep(0.1)
