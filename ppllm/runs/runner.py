@@ -235,8 +235,6 @@ class RoundFiles:
 def round_files(recipe: Recipe, job: Job, post: Posterior) -> RoundFiles:
     """A prompt-round's files and record line, from its Posterior (no file in the results
     directory is touched)."""
-    import tempfile
-
     check_variables(recipe, post)
     prompt = recipe.prompts[job.prompt]
     variables = prompt_variables(recipe, job.prompt)
@@ -244,18 +242,15 @@ def round_files(recipe: Recipe, job: Job, post: Posterior) -> RoundFiles:
     chains_nc = tree_png = None
     chains = post.extras.get("chains")
     state = post.extras.get("state")
-    with tempfile.TemporaryDirectory() as tmp:
-        if isinstance(chains, Chains):
-            draws = Chains([[_json_ready(x) for x in c] for c in chains.samples], chains.stats, chains.kernel,
-                           chains.config)
-            kind = variables if draws.samples and isinstance(chains.samples[0][0], Program) else None
-            save_netcdf(chains.to_arviz(kind) if kind else draws.to_arviz(), Path(tmp) / "c.nc")
-            chains_nc = (Path(tmp) / "c.nc").read_bytes()
-        if job.round == 0 and getattr(state, "tree", None) is not None:
-            from ..results.plots import plot_tree
+    if isinstance(chains, Chains):
+        draws = Chains([[_json_ready(x) for x in c] for c in chains.samples], chains.stats, chains.kernel,
+                       chains.config)
+        kind = variables if draws.samples and isinstance(chains.samples[0][0], Program) else None
+        chains_nc = _written(lambda path: save_netcdf(chains.to_arviz(kind) if kind else draws.to_arviz(), path), ".nc")
+    if job.round == 0 and getattr(state, "tree", None) is not None:
+        from ..results.plots import plot_tree
 
-            plot_tree(state.tree, Path(tmp) / "tree.png")
-            tree_png = (Path(tmp) / "tree.png").read_bytes()
+        tree_png = _written(lambda path: plot_tree(state.tree, path), ".png")
     row = {
         "prompt": job.prompt, "id": prompt.id, "round": job.round, "seed": job.seed, "kernel": recipe.kernel_name,
         "answer": json_value(post.extras.get("answer", _weighted_answer(post))),
@@ -264,6 +259,16 @@ def round_files(recipe: Recipe, job: Job, post: Posterior) -> RoundFiles:
         "seconds": round(float(post.budget.get("seconds", 0.0)), 3), "message": post.message,
     }
     return RoundFiles(job, "".join(rows), json.dumps(_round_summary(post, job)) + "\n", chains_nc, tree_png, row)
+
+
+def _written(write: Callable[[Path], Any], suffix: str) -> bytes:
+    """The bytes `write(path)` puts in a file (netCDF and PNG writers want a path)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"file{suffix}"
+        write(path)
+        return path.read_bytes()
 
 
 def write_round(out: Path, files: RoundFiles, record: Record) -> dict[str, Any]:
