@@ -13,6 +13,8 @@ Same model, same prompt, N sequences of T new tokens each (EOS ignored everywher
     smc_masked    proposal masked, target the model, ESS rule 0.5       (vs lean_masked)
     smc_resample  a token potential, resampling after every token       (vs lean)
     pf_chunk      chunks of `--chunk` tokens, resampling after each     (vs lean)
+    smc_free_tf   smc_free on transformers' forward instead of ppllm's native one (GPT-2 and
+                  Llama families): the sampler's own overhead against the same forward as lean
 
 Throughput = N·T / wall seconds (prefill included on every side), CPU seconds beside;
 median of interleaved repeats. Also: bytes brought to the host per step (full float64
@@ -43,8 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "benchmarks" / "out"
 DOCS_DIR = ROOT / "docs" / "benchmarks"
 BASELINES = ("lean", "lean_masked", "generate")
-METHODS = ("smc_free", "smc_masked", "smc_resample", "pf_chunk")
-FLOOR = {"smc_free": "lean", "smc_masked": "lean_masked", "smc_resample": "lean", "pf_chunk": "lean"}
+METHODS = ("smc_free", "smc_masked", "smc_resample", "pf_chunk", "smc_free_tf")
+FLOOR = {"smc_free": "lean", "smc_masked": "lean_masked", "smc_resample": "lean", "pf_chunk": "lean",
+         "smc_free_tf": "lean"}
 PROMPTS = {"chat": "Write a short story about a cat.", "text": "Q: 37+48+19=\n"}
 BANNED = {"smollm2": "e", "tiny-arith": "7"}  # the mask bans tokens containing this
 
@@ -165,8 +168,11 @@ def runners(lm, ctx, chunk: int) -> dict[str, Callable[[int, int], int]]:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
         return int(out.shape[0] * (out.shape[1] - ids.shape[1]))
 
+    # The same model behind transformers' own forward (the lean loop's), for smc_free_tf.
+    lm_tf = type(lm)(model, lm.tokenizer, name=lm.name, native_forward=False) if hasattr(lm, "_native") else lm
+
     def smc(program: ppllm.Program, n: int, ess: float) -> int:
-        lm.clear_cache()  # every method starts cold: the prompt is encoded once per run
+        program.lm.clear_cache()  # every method starts cold: the prompt is encoded once per run
         post = ppllm.smc(program, n, seed=0, ess_threshold=ess)
         return sum(p.n for p in post.particles)
 
@@ -178,6 +184,7 @@ def runners(lm, ctx, chunk: int) -> dict[str, Callable[[int, int], int]]:
         "smc_masked": lambda n, t: smc(Masked(lm, ctx, t, mask), n, 0.5),
         "smc_resample": lambda n, t: smc(Potential(lm, ctx, t), n, 1.0),
         "pf_chunk": lambda n, t: smc(Chunks(lm, ctx, t, chunk), n, 1.0),
+        "smc_free_tf": lambda n, t: smc(Free(lm_tf, ctx, t), n, 0.0),
     }
 
 
@@ -330,7 +337,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         for j, method in enumerate(METHODS):
             vals = [next(r["ratio_lean"] for r in res["rows"] if (r["n"], r["new_tokens"]) == s
                          and r["method"] == method) for s in sizes]
-            ax.bar([i + (j - 1.5) * width for i in range(len(sizes))], vals, width, label=method)
+            ax.bar([i + (j - (len(METHODS) - 1) / 2) * width for i in range(len(sizes))], vals, width, label=method)
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(sizes)), [f"N={n}\nT={t}" for n, t in sizes], fontsize=8)
         ax.set_ylabel("tokens/s ÷ lean decode loop (wall)")
@@ -350,6 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "spin-wait and are several times slower)")
     p.add_argument("--chunk", type=int, default=8, help="chunk size of the particle filter")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks/")
+    p.add_argument("--sizes", default=None, help="NxT,NxT,... instead of the plan's sizes (e.g. 32x32,32x256)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per size instead of the plan's")
+    p.add_argument("--tag", default=None,
+                   help="name of this run's record: lm_throughput_TAG.{json,png} (docs too unless --no-docs)")
+    p.add_argument("--memory", choices=("default", "none", "only"), default="default",
+                   help="peak-memory runs (SmolLM2, fresh processes): with the full run, never, or alone")
     args = p.parse_args(argv)
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -363,18 +376,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     results, notes, extras = [], [], {"profiles": [], "memory": []}
     start = time.perf_counter()
-    for name in args.models.split(","):
+    for name in args.models.split(",") if args.memory != "only" else []:
         why = _available(name)
         if why is not None:
             notes.append(f"{name} skipped: {why}")
             print(f"[lm_throughput] {notes[-1]}", flush=True)
             continue
-        cfg = plan[name]
+        cfg = dict(plan[name])
+        if args.sizes:
+            cfg["sizes"] = [tuple(int(x) for x in size.split("x")) for size in args.sizes.split(",")]
+        if args.repeats:
+            cfg["repeats"] = args.repeats
         print(f"[lm_throughput] {name}: (N, T) in {cfg['sizes']}", flush=True)
         results.append(bench_model(name, cfg["sizes"], cfg["repeats"], args.chunk))
-        if not args.quick:
+        if not args.quick and not args.sizes:
             extras["profiles"].append(profile(name, 32, 256 if name == "smollm2" else 256))
-    if not args.quick and "smollm2" in args.models and _available("smollm2") is None:
+    want_memory = args.memory == "only" or (args.memory == "default" and not args.quick and not args.sizes)
+    if want_memory and "smollm2" in args.models and _available("smollm2") is None:
         for n, t, method in ((64, 64, "smc"), (64, 64, "lean"), (8, 1024, "smc"), (8, 1024, "lean")):
             extras["memory"].append(memory("smollm2", n, t, 4096, method))
             print(f"  memory {extras['memory'][-1]}", flush=True)
@@ -393,14 +411,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         **extras,
     }
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    tag = "quick" if args.quick else "full"
+    tag = args.tag or ("quick" if args.quick else "full")
     (OUT_DIR / f"lm_throughput_{tag}.json").write_text(json.dumps(record, indent=2) + "\n")
     if results:
         plot(results, OUT_DIR / f"lm_throughput_{tag}.png")
-    if not args.quick and not args.no_docs and results:
+    if not args.quick and not args.no_docs and (results or extras["memory"]):
         DOCS_DIR.mkdir(parents=True, exist_ok=True)
-        (DOCS_DIR / "lm_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
-        plot(results, DOCS_DIR / "lm_throughput.png")
+        name = f"lm_throughput_{args.tag}" if args.tag else "lm_throughput"
+        (DOCS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        if results:
+            plot(results, DOCS_DIR / f"{name}.png")
 
     print("\nratio to the lean decode loop (wall; cpu in brackets; generate after the bar):")
     headline = []

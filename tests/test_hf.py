@@ -196,19 +196,19 @@ def test_broken_twin_reusing_the_wrong_rows_fails_the_check(tiny_dir):
     """A resident batch that hands row b another row's past must fail the same check."""
     from ppllm.lm import hf
 
-    class Shuffled(hf._Resident):
-        def __init__(self, k, v, end, lasts):
-            super().__init__(k, v, end, lasts)
+    class Shuffled(hf.ResidentBatch):
+        def __init__(self, k, v, rows, end, lasts):
+            super().__init__(k, v, rows, end, lasts)
             n = len(lasts)
             self.row_of = {id(node): (b + 1) % n for b, node in enumerate(lasts)}
 
-    old = hf._Resident
-    hf._Resident = Shuffled
+    old = hf.ResidentBatch
+    hf.ResidentBatch = Shuffled
     try:
         lm = HFLM.load(tiny_dir)
         seen = _smc_rows(lm)
     finally:
-        hf._Resident = old
+        hf.ResidentBatch = old
     assert max(float(np.max(np.abs(row - reference(lm, c)))) for c, row in seen) > 1e-3
 
 

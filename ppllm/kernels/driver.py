@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from .._gc import fewer_collections
 from .._warn import warn
 from ..engine import Engine
 from ..results.chains import Chains
@@ -76,6 +77,12 @@ def loop(
     Raises RuntimeError naming what is still running after `max_steps` steps.
     """
     infos: list[Any] = []
+    with fewer_collections():
+        return _loop(state, step, max_steps, on_step, infos)
+
+
+def _loop(state: S, step: Callable[[S], tuple[S, Any]], max_steps: int,
+          on_step: Callable[[Any], None] | None, infos: list[Any]) -> tuple[S, list[Any]]:
     while not state.done:
         if state.t >= max_steps:
             running = getattr(state, "n_running", None)

@@ -243,6 +243,9 @@ def transform_logprobs(
 def check_token_ids(tokens: Any, vocab_size: int, lm_name: str) -> None:
     """ValueError naming the first id outside [0, vocab_size): an LM must never index past
     its vocabulary (torch would fail deep inside an embedding, a table would read garbage)."""
+    if type(tokens) in (list, tuple) and len(tokens) < 64:  # short Python lists: no array needed
+        if all(type(t) is int and 0 <= t < vocab_size for t in tokens):
+            return
     arr = np.asarray(tokens)
     if arr.size == 0:
         return

@@ -28,11 +28,15 @@ import torch
 
 from .base import LM, Context, SampleToken, TokenDraw, check_token_ids
 from .kv_cache import KVStore, TrieNode, buffer_layer_class, copy_back, make_buffer_cache
+from .native_forward import NativeDecoder
+from .resident import ResidentBatch
 from .sampling_torch import inverse_cdf, transform_logprobs_torch
 
-__all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS"]
+__all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS", "DEFAULT_KV_BUDGET_BYTES"]
 
 DEFAULT_KV_BUDGET_TOKENS = 16_384
+# Small models get more tokens by default: as many as this many bytes of K/V hold.
+DEFAULT_KV_BUDGET_BYTES = 256 << 20
 # Token strings that end a turn in common chat formats; added to the stop set when present.
 _KNOWN_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
 
@@ -49,10 +53,11 @@ class HFLM(LM):
         model: Any,
         tokenizer: Any,
         name: str = "hf",
-        kv_budget_tokens: int = DEFAULT_KV_BUDGET_TOKENS,
+        kv_budget_tokens: int | None = None,
         stop_token_ids: Sequence[int] = (),
         answer_cache_bytes: int = 64 << 20,
         max_batch_positions: int = 32_768,
+        native_forward: bool = True,
     ) -> None:
         self.model = model.eval()
         for p in self.model.parameters():
@@ -80,15 +85,22 @@ class HFLM(LM):
         # transformers 5 renamed `past_key_values` to `cache`; take whichever forward has.
         self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in forward
+        # GPT-2 and Llama-family models run on ppllm's own forward (checked against the
+        # model's at load; anything else, or a mismatch, keeps transformers' forward).
+        self._native = NativeDecoder.for_model(model) if native_forward else None
         n_layers, kv_heads, head_dim = self._kv_shape(text_config)
+        if kv_budget_tokens is None:  # 16 384 tokens, or 256 MiB of them when that is more
+            per_token = 2 * n_layers * kv_heads * head_dim * torch.finfo(self.dtype).bits // 8
+            kv_budget_tokens = max(DEFAULT_KV_BUDGET_TOKENS, DEFAULT_KV_BUDGET_BYTES // per_token)
         self._kv = KVStore(n_layers, kv_heads, head_dim, self.dtype, self.device, kv_budget_tokens)
         self._answers: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # float64 rows
         self._masks: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
-        self._resident: _Resident | None = None  # last round's batch buffers
+        self._resident: ResidentBatch | None = None  # last round's batch buffers
         self._answer_budget = max(1, answer_cache_bytes // (8 * self.vocab_size))
         self._vocab_strings: list[str] | None = None
         self.stats = {"forwards": 0, "rows": 0, "new_tokens": 0, "reused_tokens": 0, "answer_hits": 0,
-                      "bytes_to_host": 0, "gathered": 0, "resident_in_place": 0, "resident_moved": 0}
+                      "bytes_to_host": 0, "gathered": 0, "resident_in_place": 0, "resident_moved": 0,
+                      "rows_copied": 0}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -98,7 +110,7 @@ class HFLM(LM):
         gguf_file: str | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
-        kv_budget_tokens: int = DEFAULT_KV_BUDGET_TOKENS,
+        kv_budget_tokens: int | None = None,
         **kwargs: Any,
     ) -> HFLM:
         """Load a transformers causal LM from a safetensors directory or a GGUF file.
@@ -372,10 +384,13 @@ class HFLM(LM):
         out: list[tuple[torch.Tensor, list[int]]] = []
         batch: list = []
         cost = 0
+        # A forward's working K/V (rows x width) stays within the KV budget too, so memory
+        # stays within about twice the budget (pool plus one batch).
+        limit = min(self.max_batch_positions, self._kv.budget)
         for plan in plans:
             tokens, _, node = plan
             width = len(tokens)
-            if batch and (len(batch) + 1) * max(cost, width) > self.max_batch_positions:
+            if batch and (len(batch) + 1) * max(cost, width) > limit:
                 out.append(self._forward(batch))
                 batch, cost = [], 0
             batch.append(plan)
@@ -390,18 +405,17 @@ class HFLM(LM):
         kv = self._kv
         dev = self.device
         B = len(plans)
+        S = max(len(tokens) - node.depth for tokens, _, node in plans)
+        kfull, vfull, P, order = self._past_buffers(plans, S)
+        if order is not None:  # the batch runs in the resident rows' order
+            plans = [plans[j] for j in order]
         past = [node.depth for _, _, node in plans]
         suffix = [tokens[d:] for (tokens, _, _), d in zip(plans, past, strict=True)]
         need = [len(tokens) - keep for tokens, keep, _ in plans]
         lens = [len(s) for s in suffix]
-        S = max(lens)
         n_layers, heads, dim = kv.shape
-        kbuf, vbuf, P = self._past_buffers(plans, past, S)
-        cap = kbuf.shape[3]
-        keys = [kbuf[i] for i in range(n_layers)]
-        values = [vbuf[i] for i in range(n_layers)]
-        cache = make_buffer_cache(keys, values, P)
-
+        kbuf, vbuf = kfull[:, :B], vfull[:, :B]
+        cap = kfull.shape[3]
         ragged = any(p != P for p in past) or any(n != S for n in lens)
         if S == 1:  # the common round: one new token per row
             ids_np = np.array(suffix, dtype=np.int64)
@@ -414,23 +428,17 @@ class HFLM(LM):
                 pos_np[b, S - lens[b] :] = np.arange(past[b], past[b] + lens[b])
         if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.vocab_size):
             check_token_ids(ids_np, self.vocab_size, self.name)
-        input_ids, position_ids = torch.from_numpy(ids_np), torch.from_numpy(pos_np)
+        input_ids = torch.from_numpy(ids_np).to(dev)
+        position_ids = torch.from_numpy(pos_np).to(dev)
         mask = None
         if ragged or (S > 1 and P > 0):
             mask = self._mask(past, lens, P, S)
         keep = max(need)
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids.to(dev),
-            "position_ids": position_ids.to(dev),
-            "attention_mask": mask,
-            self._cache_kwarg: cache,
-            "use_cache": True,
-        }
-        if self._has_logits_to_keep:
-            kwargs["logits_to_keep"] = keep
-        logits = self.model(**kwargs).logits[:, -keep:, :]
-        if buffer_layer_class() is None:
-            copy_back(cache, keys, values)
+        resident_ok = self._native is not None or buffer_layer_class() is not None
+        if self._native is not None:
+            logits = self._native(input_ids, position_ids, mask, kbuf, vbuf, P, keep)
+        else:
+            logits = self._model_forward(input_ids, position_ids, mask, kbuf, vbuf, P, keep)
         self.stats["forwards"] += 1
         self.stats["rows"] += B
         self.stats["new_tokens"] += sum(lens)
@@ -439,18 +447,30 @@ class HFLM(LM):
         new_pos: list[tuple[int, int]] = []
         new_slots: list[int] = []
         lasts: list[TrieNode] = []
-        for b, ((tokens, _, node), suf) in enumerate(zip(plans, suffix, strict=True)):
-            slots = kv.alloc(len(suf))
-            last, used = kv.insert(node, suf, slots, tokens)
-            taken = set(used)
-            kv.free.extend(s for s in slots if s not in taken)
-            if used:
-                start = P + S - len(suf)
-                where = {s: start + j for j, s in enumerate(slots)}
-                new_pos.extend((b, where[s]) for s in used)
-                new_slots.extend(used)
-            kv.touch(last, tokens)
-            lasts.append(last)
+        if S == 1 and not ragged:  # one token per row, all at position P
+            slots = kv.alloc(B)
+            for b, ((tokens, _, node), slot) in enumerate(zip(plans, slots, strict=True)):
+                child = kv.insert_one(node, tokens[-1], slot, tokens)
+                if child is None:
+                    kv.free.append(slot)
+                    lasts.append(node.children[tokens[-1]])
+                else:
+                    new_pos.append((b, P))
+                    new_slots.append(slot)
+                    lasts.append(child)
+        else:
+            for b, ((tokens, _, node), suf) in enumerate(zip(plans, suffix, strict=True)):
+                slots = kv.alloc(len(suf))
+                last, used = kv.insert(node, suf, slots, tokens)
+                taken = set(used)
+                kv.free.extend(s for s in slots if s not in taken)
+                if used:
+                    start = P + S - len(suf)
+                    where = {s: start + j for j, s in enumerate(slots)}
+                    new_pos.extend((b, where[s]) for s in used)
+                    new_slots.extend(used)
+                kv.touch(last, tokens)
+                lasts.append(last)
         for _, _, node in plans:  # paths are kept on leaves only: O(depth) memory per branch
             if node.children and node.parent is not None:
                 node.path = None
@@ -459,51 +479,66 @@ class HFLM(LM):
             hs = torch.arange(heads, device=dev).view(1, heads)
             src = (bp[:, :1] * heads * cap + hs * cap + bp[:, 1:]).reshape(-1)
             dst = (torch.tensor(new_slots, dtype=torch.long, device=dev).view(-1, 1) * heads + hs).reshape(-1)
-            for pool, buf in ((kv.k, kbuf), (kv.v, vbuf)):
+            for pool, buf in ((kv.k, kfull), (kv.v, vfull)):
                 pool.view(n_layers, -1, dim).index_copy_(1, dst, buf.view(n_layers, -1, dim).index_select(1, src))
         # Keep this batch's buffers for the next round when every row's KV is contiguous in
         # them (all suffixes equally long) and they fit the budget: rows that come back
         # extended are then not gathered again.
-        if buffer_layer_class() is not None and all(n == S for n in lens) and B * cap <= kv.budget:
-            self._resident = _Resident(kbuf, vbuf, P + S, lasts)
+        if resident_ok and all(n == S for n in lens) and kfull.shape[1] * cap <= kv.budget:
+            self._resident = ResidentBatch(kfull, vfull, B, P + S, lasts)
         else:
             self._resident = None
-        return logits, need
+        if order is None:
+            return logits, need
+        back = [0] * B  # answers in the plans' own order
+        for b, j in enumerate(order):
+            back[j] = b
+        return logits.index_select(0, torch.tensor(back, device=dev)), [need[b] for b in back]
+
+    def _model_forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+                       kbuf: torch.Tensor, vbuf: torch.Tensor, P: int, keep: int) -> torch.Tensor:
+        """transformers' own forward over the buffers (architectures without a native one)."""
+        keys = [kbuf[i] for i in range(kbuf.shape[0])]
+        values = [vbuf[i] for i in range(vbuf.shape[0])]
+        cache = make_buffer_cache(keys, values, P)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "position_ids": position_ids,
+                                  "attention_mask": mask, self._cache_kwarg: cache, "use_cache": True}
+        if self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        logits = self.model(**kwargs).logits[:, -keep:, :]
+        if buffer_layer_class() is None:
+            copy_back(cache, keys, values)
+        return logits
 
     def _past_buffers(
-        self, plans: list[tuple[tuple[int, ...], int, TrieNode]], past: list[int], S: int
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(layers, B, heads, capacity, head_dim) K and V buffers holding each row's past
-        right-aligned at position P, with room for S more; and P.
+        self, plans: list[tuple[tuple[int, ...], int, TrieNode]], S: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int, list[int] | None]:
+        """K and V buffers (layers, >= B rows, heads, >= P + S positions, head_dim) whose
+        first B rows hold each row's past right-aligned at position P; P; and the batch order
+        (`order[b]` = the plan in row b), None when it is the plans' own.
 
-        Rows that extend last round's rows reuse its buffers: in place when they are the same
-        rows in the same order, else rearranged whole along the batch dimension (after
-        resampling). Otherwise each row's past is gathered slot by slot from the pool.
+        Rows that extend last round's rows run on its buffers, arranged in place
+        (`resident.ResidentBatch.arrange`: only rows that must move are copied). Otherwise
+        each row's past is gathered slot by slot from the pool.
         """
         kv = self._kv
         dev = self.device
         n_layers, heads, dim = kv.shape
         res = self._resident
         if res is not None:
-            rows = [res.row_of.get(id(node), -1) for _, _, node in plans]
-            if min(rows) >= 0:
+            arrangement = res.arrange([node for _, _, node in plans])
+            if arrangement is not None:
                 P = res.end
-                if rows == list(range(res.k.shape[1])) and P + S <= res.k.shape[3]:
+                k, v = res.apply(arrangement, P + S, kv.budget)
+                if arrangement.copies:
+                    self.stats["resident_moved"] += 1
+                    self.stats["rows_copied"] += len(arrangement.copies)
+                else:
                     self.stats["resident_in_place"] += 1
-                    return res.k, res.v, P
-                self.stats["resident_moved"] += 1
-                index = torch.tensor(rows, dtype=torch.long, device=dev)
-                if P + S <= res.k.shape[3]:
-                    return res.k.index_select(1, index), res.v.index_select(1, index), P
-                cap = P + S + max(32, P // 4)  # geometric headroom: growing is rare
-                out = []
-                for buf in (res.k, res.v):
-                    new = torch.empty(n_layers, len(rows), heads, cap, dim, dtype=buf.dtype, device=dev)
-                    new[:, :, :, :P] = buf[:, :, :, :P].index_select(1, index)
-                    out.append(new)
-                return out[0], out[1], P
+                return k, v, P, None if arrangement.identity else arrangement.order
         self._resident = None  # about to be replaced: let it go before gathering
         self.stats["gathered"] += 1
+        past = [node.depth for _, _, node in plans]
         P = max(past)
         B, W = len(plans), P + S
         idx = np.zeros((B, W), dtype=np.int64)
@@ -516,7 +551,7 @@ class HFLM(LM):
         rows_t = (torch.from_numpy(idx).to(dev).view(B, 1, W) * heads + head).reshape(-1)
         kbuf = kv.k.view(n_layers, -1, dim).index_select(1, rows_t).view(n_layers, B, heads, W, dim)
         vbuf = kv.v.view(n_layers, -1, dim).index_select(1, rows_t).view(n_layers, B, heads, W, dim)
-        return kbuf, vbuf, P
+        return kbuf, vbuf, P, None
 
     def _mask(self, past: list[int], lens: list[int], P: int, S: int) -> torch.Tensor:
         """(B, 1, S, P+S) boolean mask: each real query sees its own past and earlier suffix
@@ -536,18 +571,6 @@ class HFLM(LM):
 
     def __repr__(self) -> str:
         return f"HFLM({self.name!r}, vocab_size={self.vocab_size}, cached_tokens={self.cached_tokens})"
-
-
-class _Resident:
-    """Last round's batch KV buffers: row b holds the whole past of node `lasts[b]`,
-    right-aligned at `end`."""
-
-    __slots__ = ("k", "v", "end", "lasts", "row_of")
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, end: int, lasts: list[TrieNode]) -> None:
-        self.k, self.v, self.end = k, v, end
-        self.lasts = lasts  # keeps the nodes alive, so their ids stay theirs
-        self.row_of = {id(node): b for b, node in enumerate(lasts)}
 
 
 def _tf_version() -> tuple[int, int]:

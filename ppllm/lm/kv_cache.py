@@ -135,6 +135,21 @@ class KVStore:
             self._leaf(node, full)
         return node, used
 
+    def insert_one(self, start: TrieNode, token: int, slot: int, full: tuple[int, ...]) -> TrieNode | None:
+        """`insert` of one token (the common round), touching the new leaf: the new node, or
+        None when the token was already there (computed twice in one batch; `slot` unused)."""
+        if token in start.children:
+            self.touch(start.children[token], full)
+            return None
+        if start in self.leaves:
+            self._unleaf(start)
+        child = TrieNode(token, start, slot, start.depth + 1)
+        start.children[token] = child
+        self.n_cached += 1
+        child.path = np.append(self.path_of(start), np.int64(slot))
+        self._leaf(child, full)
+        return child
+
     def touch(self, node: TrieNode, full: tuple[int, ...]) -> None:
         if node in self.leaves:
             self.leaves.move_to_end(node)

@@ -1,0 +1,113 @@
+"""Last round's batch buffers, kept on the device so the next round does not gather the past again.
+
+After a forward the backend keeps its K/V buffers, (layers, rows, heads, positions, head_dim)
+with spare capacity on the row and position axes: row b holds the whole past of trie node
+`lasts[b]`, right-aligned at `end`. When every context of the next round extends one of those
+nodes, the round runs on the same buffers. Rows need not come back in the same order or number
+(particles are resampled, copies of one context split into two once they draw different
+tokens): the round's rows are *arranged* — a row whose node is still wanted stays where it is,
+and only duplicates, rows from beyond the new batch size and new rows are copied, one row each,
+into the places of rows nobody wants any more. The batch order then differs from the request
+order, and the backend puts its answers back in request order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kv_cache import TrieNode
+
+__all__ = ["ResidentBatch", "Arrangement"]
+
+
+class Arrangement:
+    """How a round sits in the resident buffers: `order[b]` is the request in batch row b;
+    `copies` are (source row, destination row) pairs to copy before the forward."""
+
+    __slots__ = ("order", "copies")
+
+    def __init__(self, order: list[int], copies: list[tuple[int, int]]) -> None:
+        self.order, self.copies = order, copies
+
+    @property
+    def identity(self) -> bool:
+        return not self.copies and all(b == j for b, j in enumerate(self.order))
+
+
+class ResidentBatch:
+    """K/V buffers of last round's `rows` rows (with spare rows and positions), past right-
+    aligned at `end`; `lasts[b]` is the node whose past row b holds."""
+
+    __slots__ = ("k", "v", "rows", "end", "lasts", "row_of")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, rows: int, end: int, lasts: list[TrieNode]) -> None:
+        self.k, self.v, self.rows, self.end = k, v, rows, end
+        self.lasts = lasts  # keeps the nodes alive, so their ids stay theirs
+        self.row_of = {id(node): b for b, node in enumerate(lasts)}
+
+    @property
+    def row_capacity(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def position_capacity(self) -> int:
+        return self.k.shape[3]
+
+    def arrange(self, nodes: list[TrieNode]) -> Arrangement | None:
+        """Batch rows for requests whose cached prefixes end at `nodes`, or None when one of
+        them is not a resident row. A resident row stays in place for the first request that
+        wants it, if it lies within the new batch; every other request takes a free row
+        (of a node no request wants, or a new one) and is copied there. No copy reads a row
+        that another copy writes."""
+        rows = [self.row_of.get(id(node), -1) for node in nodes]
+        if not rows or min(rows) < 0:
+            return None
+        B = len(rows)
+        taken = [False] * B
+        place = [-1] * B
+        pending = []
+        for j, r in enumerate(rows):
+            if r < B and not taken[r]:
+                taken[r] = True
+                place[j] = r
+            else:
+                pending.append(j)
+        free = (b for b in range(B) if not taken[b])
+        copies = []
+        for j in pending:
+            b = next(free)
+            place[j] = b
+            copies.append((rows[j], b))
+        order = [0] * B
+        for j, b in enumerate(place):
+            order[b] = j
+        return Arrangement(order, copies)
+
+    def apply(self, arrangement: Arrangement, positions_needed: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The buffers with the arrangement's copies done, holding at least len(order) rows and
+        `positions_needed` positions (grown, with headroom, when they do not; the headroom
+        keeps rows x positions within `limit` where it can)."""
+        B, P = len(arrangement.order), self.end
+        if B <= self.row_capacity and positions_needed <= self.position_capacity:
+            if arrangement.copies:
+                src = torch.tensor([s for s, _ in arrangement.copies], dtype=torch.long, device=self.k.device)
+                dst = torch.tensor([d for _, d in arrangement.copies], dtype=torch.long, device=self.k.device)
+                for buf in (self.k, self.v):
+                    buf.index_copy_(1, dst, buf.index_select(1, src))
+            return self.k, self.v
+        # Grow: one copy of every row into bigger buffers (geometric headroom keeps this rare).
+        source = list(range(B))
+        for s, d in arrangement.copies:
+            source[d] = s
+        index = torch.tensor(source, dtype=torch.long, device=self.k.device)
+        rows = max(B, self.row_capacity) + (max(4, B // 4) if B > self.row_capacity else 0)
+        rows = max(B, min(rows, limit // max(positions_needed, 1)))
+        cap = max(positions_needed + max(32, P // 4), self.position_capacity)
+        cap = max(positions_needed, min(cap, limit // rows))
+        out = []
+        for buf in (self.k, self.v):
+            layers, _, heads, _, dim = buf.shape
+            new = torch.empty(layers, rows, heads, cap, dim, dtype=buf.dtype, device=buf.device)
+            new[:, :B, :, :P] = buf[:, :, :, :P].index_select(1, index)
+            out.append(new)
+        return out[0], out[1]
