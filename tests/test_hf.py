@@ -371,11 +371,15 @@ def _draw_requests(lm: HFLM, n: int, seed: int):
     return reqs
 
 
-def test_device_draws_equal_the_host_sampler(tiny):
+@pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy", "torch"])
+def test_device_draws_equal_the_host_sampler(tiny, numpy_on_cpu, monkeypatch):
     """The device path (batched transform + inverse CDF) draws what the host path draws from
-    the same rows: same token, same log q and log p."""
+    the same rows: same token, same log q and log p. On the CPU the inverse CDF runs in NumPy;
+    the torch one (what an accelerator runs) is checked here too."""
+    from ppllm.lm import sampling_torch
     from ppllm.lm.base import draw_from_rows
 
+    monkeypatch.setattr(sampling_torch, "NUMPY_ON_CPU", numpy_on_cpu)
     reqs = _draw_requests(tiny, 8, seed=1)
     got = tiny.sample_tokens(reqs)
     want = draw_from_rows(reqs, tiny.logprobs([r.tokens for r in reqs]))

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ppllm.lm import transform_logprobs
+from ppllm.lm import sampling_torch, transform_logprobs
 from ppllm.lm.sampling_torch import inverse_cdf, transform_logprobs_torch
 from ppllm.rng import categorical_from_uniform
+
+
+@pytest.fixture(params=[True, False], ids=["numpy", "torch"], autouse=True)
+def _both_draw_paths(request, monkeypatch):
+    """Every check runs on the CPU's NumPy inverse CDF and on the torch one accelerators use."""
+    monkeypatch.setattr(sampling_torch, "NUMPY_ON_CPU", request.param)
 
 
 def _rows(seed: int, b: int = 16, v: int = 50) -> np.ndarray:

@@ -1,18 +1,15 @@
 """The `hf` backend: any local transformers causal LM (safetensors dir or GGUF file).
 
 A round of next-token questions becomes ONE batched forward pass, and an already-encoded
-prefix is never encoded again: every token's key/value vectors live in a token trie whose
-nodes point into a pool of KV slots (`kv_cache.KVStore`). For each context the backend finds the
-longest cached prefix, gathers its KV rows from the pool into one padded batch, runs only
-the new suffix tokens (with per-row `position_ids` and a 4-D mask when rows differ in
-length), and stores the new tokens' KV under their trie nodes. Particles that fork or are
-resampled share their parent's nodes for free, tree kernels share prefixes the same way,
-and memory is bounded by evicting least-recently-used leaves (`kv_budget_tokens`).
-
-Every answer is a deterministic function of the context (up to float rounding of the
-batched matmuls, ~1e-6): sampling stays on the particle side (`ppllm.lm.base`).
+prefix is never encoded again: every token's key/value vectors live in a token trie over a
+pool of KV slots (`kv_cache.KVStore`). Rows that extend last round's rows run on its buffers
+(`resident.ResidentBatch`); others gather their longest cached prefix from the pool. Only
+new suffix tokens run (per-row positions, a 4-D mask when rows differ in length), on ppllm's
+own GPT-2/Llama forward where it applies (`native_forward`), else on transformers'. Memory is
+bounded by evicting least-recently-used leaves (`kv_budget_tokens`). Answers are deterministic
+per context (up to float rounding of batched matmuls, ~1e-6); token draws run where the logits
+are, each at its particle's own uniform, and only (token, log q, log p) come back.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -278,11 +275,12 @@ class HFLM(LM):
             groups.setdefault((d.temperature, d.top_p, d.mask is None), []).append(i)
         for members in groups.values():
             d = requests[members[0]].dist
-            lp = rows.index_select(0, torch.tensor([where[requests[i].tokens] for i in members], device=self.device))
+            index = [where[requests[i].tokens] for i in members]
+            lp = rows if index == list(range(len(rows))) else rows.index_select(0, torch.tensor(index, device=self.device))
             mask = None if d.mask is None else self._device_masks([requests[i].dist.mask for i in members])
             lq = lp if d.is_plain else transform_logprobs_torch(lp, d.temperature, mask, d.top_p)
-            u = torch.tensor([requests[i].u for i in members], dtype=torch.float64, device=self.device)
-            tok = inverse_cdf(lq, u)
+            u = torch.tensor([requests[i].u for i in members], dtype=torch.float64)
+            tok = inverse_cdf(lq, u.to(self.device))
             picked = torch.stack([tok.to(torch.float64), lq.gather(1, tok[:, None])[:, 0],
                                   lp.gather(1, tok[:, None])[:, 0]], 1).cpu()
             self.stats["bytes_to_host"] += picked.numel() * 8

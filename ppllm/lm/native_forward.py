@@ -72,7 +72,6 @@ class NativeDecoder:
         self._run = run
         self.kind = kind
 
-    @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
                  kbuf: torch.Tensor, vbuf: torch.Tensor, past: int, keep: int) -> torch.Tensor:
         return self._run(input_ids, position_ids, mask, kbuf, vbuf, past, keep)
@@ -146,22 +145,22 @@ def _gpt2(model: Any) -> Callable[..., torch.Tensor] | None:
     head = model.lm_head.weight
 
     def run(input_ids, position_ids, mask, kbuf, vbuf, past, keep):
+        # Rows stay flat, (B*S, hidden), between layers: every view is a dispatch saved.
         B, S = input_ids.shape
         end = past + S
-        x = F.embedding(input_ids, wte) + F.embedding(position_ids, wpe)
+        x = torch.embedding(wte, input_ids.reshape(-1)).add_(torch.embedding(wpe, position_ids.reshape(-1)))
         for i, (w1, b1, wa, ba, wp, bp, w2, b2, wf, bf, wo, bo) in enumerate(blocks):
-            h = F.layer_norm(x, (hidden,), w1, b1, eps)
-            qkv = torch.addmm(ba, h.view(B * S, hidden), wa).view(B, S, 3, heads, dim)
-            q = qkv[:, :, 0].transpose(1, 2)
-            kbuf[i][:, :, past:end] = qkv[:, :, 1].transpose(1, 2)
-            vbuf[i][:, :, past:end] = qkv[:, :, 2].transpose(1, 2)
-            a = _attend(q, kbuf[i][:, :, :end], vbuf[i][:, :, :end], mask, scales[i])
-            a = a.transpose(1, 2).reshape(B * S, hidden)
-            x = x + torch.addmm(bp, a, wp).view(B, S, hidden)
-            h = F.layer_norm(x, (hidden,), w2, b2, eps).view(B * S, hidden)
-            x = x + torch.addmm(bo, act(torch.addmm(bf, h, wf)), wo).view(B, S, hidden)
-        x = F.layer_norm(x[:, S - keep :], (hidden,), ln_f[0], ln_f[1], eps)
-        return F.linear(x, head)
+            h = torch.layer_norm(x, (hidden,), w1, b1, eps)
+            qkv = torch.addmm(ba, h, wa).view(B, S, 3, heads, dim).permute(2, 0, 3, 1, 4)  # (3, B, H, S, D)
+            kl, vl = kbuf[i], vbuf[i]
+            kl[:, :, past:end] = qkv[1]
+            vl[:, :, past:end] = qkv[2]
+            a = _attend(qkv[0], kl[:, :, :end], vl[:, :, :end], mask, scales[i])
+            x = torch.addmm(bp, a.transpose(1, 2).reshape(B * S, hidden), wp).add_(x)
+            h = torch.layer_norm(x, (hidden,), w2, b2, eps)
+            x = torch.addmm(bo, act(torch.addmm(bf, h, wf)), wo).add_(x)
+        x = x.view(B, S, hidden)[:, S - keep :]
+        return F.linear(torch.layer_norm(x, (hidden,), ln_f[0], ln_f[1], eps), head)
 
     return run
 

@@ -8,9 +8,14 @@ row, so a row's draw does not depend on the other rows of the batch.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["inverse_cdf", "transform_logprobs_torch"]
+
+# On the CPU the draw runs in NumPy on the same memory (zero-copy): a dozen small torch calls
+# cost more than the arithmetic at small batches. Tests switch it off to check the torch path.
+NUMPY_ON_CPU = True
 
 
 def transform_logprobs_torch(
@@ -42,6 +47,8 @@ def _normalise(lp: torch.Tensor) -> torch.Tensor:
 
 def inverse_cdf(lq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Per row b, the index drawn from exp(lq[b]) at uniform u[b] (int64, shape (B,))."""
+    if NUMPY_ON_CPU and lq.device.type == "cpu":
+        return torch.from_numpy(_inverse_cdf_numpy(lq.numpy(), u.numpy()))
     probs = lq.exp()
     cdf = torch.cumsum(probs, dim=-1)
     total = cdf[:, -1:]
@@ -56,3 +63,20 @@ def inverse_cdf(lq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
                 i -= 1
             idx[b, 0] = i
     return idx[:, 0]
+
+
+def _inverse_cdf_numpy(lq: np.ndarray, u: np.ndarray) -> np.ndarray:
+    probs = np.exp(lq)
+    cdf = np.cumsum(probs, axis=-1)
+    total = cdf[:, -1]
+    if not np.isfinite(total).all() or (total <= 0).any():
+        raise ValueError("categorical: probabilities must be finite with a positive sum")
+    # the first index whose cumulative mass exceeds u * total (searchsorted, right side)
+    idx = np.minimum((cdf <= (u * total)[:, None]).sum(axis=-1), lq.shape[-1] - 1)
+    rows = np.arange(len(idx))
+    for b in np.flatnonzero(probs[rows, idx] <= 0):  # rounding landed on a zero: step back
+        i = int(idx[b])
+        while probs[b, i] <= 0:
+            i -= 1
+        idx[b] = i
+    return idx.astype(np.int64)
