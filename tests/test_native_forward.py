@@ -157,13 +157,15 @@ class _Node:
 def _check_arrangement(resident_rows: int, wanted: list[int], arrange=ResidentBatch.arrange) -> None:
     """Row b of the arranged buffers must hold the past of the node its request wants."""
     nodes = [_Node() for _ in range(resident_rows)]
-    k = torch.arange(resident_rows, dtype=torch.float32).view(1, resident_rows, 1, 1, 1).repeat(1, 1, 1, 4, 1)
+    k = torch.full((1, 16, 1, 5, 1), -1.0)  # room for 16 rows
+    k[0, :resident_rows] = torch.arange(resident_rows, dtype=torch.float32).view(-1, 1, 1, 1)
     res = ResidentBatch(k.clone(), k.clone(), resident_rows, 4, nodes)  # row r holds the value r
     plan = arrange(res, [nodes[w] for w in wanted])
+    assert res.fits(plan, 5) and not res.fits(plan, 6)
     assert sorted(plan.order) == list(range(len(wanted)))
     dests = {d for _, d in plan.copies}
     assert not dests & {s for s, _ in plan.copies}  # no copy reads a row another writes
-    kb, _ = res.apply(plan, 5, 10_000)
+    kb, _ = res.apply(plan)
     for b, j in enumerate(plan.order):
         assert float(kb[0, b, 0, 0, 0]) == wanted[j]
     moved = len(wanted) - len(set(w for w in wanted if w < len(wanted)))

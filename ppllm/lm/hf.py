@@ -10,6 +10,7 @@ bounded by evicting least-recently-used leaves (`kv_budget_tokens`). Answers are
 per context (up to float rounding of batched matmuls, ~1e-6); token draws run where the logits
 are, each at its particle's own uniform, and only (token, log q, log p) come back.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,14 @@ import numpy as np
 import torch
 
 from .base import LM, Context, SampleToken, TokenDraw, check_token_ids
-from .kv_cache import KVStore, TrieNode, buffer_layer_class, copy_back, make_buffer_cache
+from .kv_cache import (
+    KVStore,
+    TrieNode,
+    batch_mask,
+    buffer_layer_class,
+    copy_back,
+    make_buffer_cache,
+)
 from .native_forward import NativeDecoder
 from .resident import ResidentBatch
 from .sampling_torch import inverse_cdf, transform_logprobs_torch
@@ -267,7 +275,7 @@ class HFLM(LM):
         where: dict[tuple[int, ...], int] = {}
         for r in requests:
             where.setdefault(r.tokens, len(where))
-        rows = self._next_rows(list(where))
+        rows = self._next_rows(list(where), remember=False)
         out: list[TokenDraw | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
@@ -310,9 +318,10 @@ class HFLM(LM):
                 self._masks.pop(next(iter(self._masks)))
         return hit[1]
 
-    def _next_rows(self, contexts: list[tuple[int, ...]]) -> torch.Tensor:
+    def _next_rows(self, contexts: list[tuple[int, ...]], remember: bool = True) -> torch.Tensor:
         """(len(contexts), V) float64 next-token log-probabilities on the model's device;
-        distinct contexts expected. Remembered answers are reused, the rest is one forward."""
+        distinct contexts expected. Remembered answers are reused, the rest is one forward
+        (and remembered when asked: draws consume their rows at once)."""
         rows: list[torch.Tensor | None] = [None] * len(contexts)
         todo: list[int] = []
         for i, ctx in enumerate(contexts):
@@ -331,7 +340,8 @@ class HFLM(LM):
             fresh = torch.cat(got) if len(got) > 1 else got[0]
             for j, i in enumerate(todo):
                 rows[i] = fresh[j]
-                self._remember(contexts[i], fresh[j])
+                if remember:  # a clone: a view would keep the whole batch alive
+                    self._remember(contexts[i], fresh[j].clone())
         if not todo:
             return torch.stack(rows)  # type: ignore[arg-type]
         if len(todo) == len(contexts):
@@ -383,7 +393,7 @@ class HFLM(LM):
         batch: list = []
         cost = 0
         # A forward's working K/V (rows x width) stays within the KV budget too, so memory
-        # stays within about twice the budget (pool plus one batch).
+        # stays within about twice the budget (the pool plus one batch).
         limit = min(self.max_batch_positions, self._kv.budget)
         for plan in plans:
             tokens, _, node = plan
@@ -430,7 +440,7 @@ class HFLM(LM):
         position_ids = torch.from_numpy(pos_np).to(dev)
         mask = None
         if ragged or (S > 1 and P > 0):
-            mask = self._mask(past, lens, P, S)
+            mask = batch_mask(past, lens, P, S, dev)
         keep = max(need)
         resident_ok = self._native is not None or buffer_layer_class() is not None
         if self._native is not None:
@@ -525,47 +535,39 @@ class HFLM(LM):
         res = self._resident
         if res is not None:
             arrangement = res.arrange([node for _, _, node in plans])
-            if arrangement is not None:
+            if arrangement is not None and res.fits(arrangement, res.end + S):
                 P = res.end
-                k, v = res.apply(arrangement, P + S, kv.budget)
+                k, v = res.apply(arrangement)
                 if arrangement.copies:
                     self.stats["resident_moved"] += 1
                     self.stats["rows_copied"] += len(arrangement.copies)
                 else:
                     self.stats["resident_in_place"] += 1
                 return k, v, P, None if arrangement.identity else arrangement.order
-        self._resident = None  # about to be replaced: let it go before gathering
+        # Gather from the pool (which holds every row's past), letting the old buffers go first:
+        # growing never holds two copies of the batch.
+        self._resident = res = None
         self.stats["gathered"] += 1
         past = [node.depth for _, _, node in plans]
         P = max(past)
         B, W = len(plans), P + S
+        cap = max(W, min(W + max(32, W // 4), kv.budget // B))  # room to grow in place
         idx = np.zeros((B, W), dtype=np.int64)
         for b, (_, _, node) in enumerate(plans):
             if past[b]:
                 idx[b, P - past[b] : P] = kv.path_of(node)
         # Pool rows are (slot, head) pairs, so gathering them in (row, head, position) order
-        # yields contiguous (B, heads, W, head_dim) buffers, the layout attention runs fastest on.
+        # yields (B, heads, W, head_dim) rows, the layout attention runs fastest on; one layer
+        # at a time, into buffers with room for the next rounds' tokens.
         head = torch.arange(heads, device=dev).view(1, heads, 1)
         rows_t = (torch.from_numpy(idx).to(dev).view(B, 1, W) * heads + head).reshape(-1)
-        kbuf = kv.k.view(n_layers, -1, dim).index_select(1, rows_t).view(n_layers, B, heads, W, dim)
-        vbuf = kv.v.view(n_layers, -1, dim).index_select(1, rows_t).view(n_layers, B, heads, W, dim)
-        return kbuf, vbuf, P, None
-
-    def _mask(self, past: list[int], lens: list[int], P: int, S: int) -> torch.Tensor:
-        """(B, 1, S, P+S) boolean mask: each real query sees its own past and earlier suffix
-        tokens; padding queries see only themselves (so they stay finite)."""
-        B = len(past)
-        pb = torch.tensor(past).view(B, 1, 1)
-        nb = torch.tensor(lens).view(B, 1, 1)
-        q = torch.arange(S).view(1, S, 1)
-        k = torch.arange(P + S).view(1, 1, P + S)
-        real_q = q >= S - nb
-        past_ok = (k < P) & (k >= P - pb)
-        kj = k - P
-        suf_ok = (k >= P) & (kj >= S - nb) & (kj <= q)
-        mask = real_q & (past_ok | suf_ok)
-        mask = mask | (~real_q & (kj == q))
-        return mask.unsqueeze(1).to(self.device)
+        out = []
+        for pool in (kv.k, kv.v):
+            buf = torch.empty(n_layers, B, heads, cap, dim, dtype=pool.dtype, device=dev)
+            for layer in range(n_layers):
+                buf[layer, :, :, :W] = pool[layer].view(-1, dim).index_select(0, rows_t).view(B, heads, W, dim)
+            out.append(buf)
+        return out[0], out[1], P, None
 
     def __repr__(self) -> str:
         return f"HFLM({self.name!r}, vocab_size={self.vocab_size}, cached_tokens={self.cached_tokens})"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["KVStore", "TrieNode", "buffer_layer_class", "copy_back", "make_buffer_cache"]
+__all__ = ["KVStore", "TrieNode", "batch_mask", "buffer_layer_class", "copy_back", "make_buffer_cache"]
 
 
 class TrieNode:
@@ -55,15 +55,20 @@ class KVStore:
         self.free: list[int] = []
         self.capacity = 0
         self.k = self.v = torch.zeros(0)
-        self._grow(min(self.budget, 1024) + 1)
+        # On the CPU the whole pool is reserved at once, uninitialised: pages become resident
+        # only as slots are written, and growing never holds two copies. Accelerators grow it.
+        on_cpu = torch.device(device).type == "cpu"
+        self._grow(self.budget + 1 + max(64, self.budget // 16) if on_cpu else min(self.budget, 1024) + 1)
         self.n_cached = 0
         self.evictions = 0
 
     # ---------------------------------------------------------------- slots
     def _grow(self, capacity: int) -> None:
         layers, heads, dim = self.shape
-        k = torch.zeros(layers, capacity, heads, dim, dtype=self.dtype, device=self.device)
-        v = torch.zeros_like(k)
+        k = torch.empty(layers, capacity, heads, dim, dtype=self.dtype, device=self.device)
+        v = torch.empty_like(k)
+        k[:, 0] = 0  # slot 0: the zero dummy that padding reads
+        v[:, 0] = 0
         if self.capacity:
             k[:, : self.capacity] = self.k
             v[:, : self.capacity] = self.v
@@ -71,8 +76,9 @@ class KVStore:
         self.k, self.v, self.capacity = k, v, capacity
 
     def alloc(self, n: int) -> list[int]:
-        if len(self.free) < n:
-            self._grow(max(2 * self.capacity, self.capacity + n - len(self.free) + 1))
+        if len(self.free) < n:  # double, but not far past the budget (eviction follows the call)
+            need = self.capacity + n - len(self.free) + 1
+            self._grow(max(min(2 * self.capacity, self.budget + 1 + n), need))
         out = self.free[-n:][::-1]
         del self.free[len(self.free) - n :]
         return out
@@ -257,3 +263,22 @@ def copy_back(cache: Any, keys: list[torch.Tensor], values: list[torch.Tensor]) 
             ck, cv = cache.layers[i].keys, cache.layers[i].values
         k.copy_(ck)
         v.copy_(cv)
+
+
+def batch_mask(past: list[int], lens: list[int], P: int, S: int, device: Any) -> torch.Tensor:
+    """(B, 1, S, P+S) boolean attention mask of a padded batch whose row b has `past[b]` cached
+    tokens right-aligned at P and `lens[b]` new ones right-aligned at P + S: each real query
+    sees its own past and earlier new tokens; padding queries see only themselves (so they
+    stay finite)."""
+    B = len(past)
+    pb = torch.tensor(past).view(B, 1, 1)
+    nb = torch.tensor(lens).view(B, 1, 1)
+    q = torch.arange(S).view(1, S, 1)
+    k = torch.arange(P + S).view(1, 1, P + S)
+    real_q = q >= S - nb
+    past_ok = (k < P) & (k >= P - pb)
+    kj = k - P
+    suf_ok = (k >= P) & (kj >= S - nb) & (kj <= q)
+    mask = real_q & (past_ok | suf_ok)
+    mask = mask | (~real_q & (kj == q))
+    return mask.unsqueeze(1).to(device)

@@ -83,31 +83,16 @@ class ResidentBatch:
             order[b] = j
         return Arrangement(order, copies)
 
-    def apply(self, arrangement: Arrangement, positions_needed: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The buffers with the arrangement's copies done, holding at least len(order) rows and
-        `positions_needed` positions (grown, with headroom, when they do not; the headroom
-        keeps rows x positions within `limit` where it can)."""
-        B, P = len(arrangement.order), self.end
-        if B <= self.row_capacity and positions_needed <= self.position_capacity:
-            if arrangement.copies:
-                src = torch.tensor([s for s, _ in arrangement.copies], dtype=torch.long, device=self.k.device)
-                dst = torch.tensor([d for _, d in arrangement.copies], dtype=torch.long, device=self.k.device)
-                for buf in (self.k, self.v):
-                    buf.index_copy_(1, dst, buf.index_select(1, src))
-            return self.k, self.v
-        # Grow: one copy of every row into bigger buffers (geometric headroom keeps this rare).
-        source = list(range(B))
-        for s, d in arrangement.copies:
-            source[d] = s
-        index = torch.tensor(source, dtype=torch.long, device=self.k.device)
-        rows = max(B, self.row_capacity) + (max(4, B // 4) if B > self.row_capacity else 0)
-        rows = max(B, min(rows, limit // max(positions_needed, 1)))
-        cap = max(positions_needed + max(32, P // 4), self.position_capacity)
-        cap = max(positions_needed, min(cap, limit // rows))
-        out = []
-        for buf in (self.k, self.v):
-            layers, _, heads, _, dim = buf.shape
-            new = torch.empty(layers, rows, heads, cap, dim, dtype=buf.dtype, device=buf.device)
-            new[:, :B, :, :P] = buf[:, :, :, :P].index_select(1, index)
-            out.append(new)
-        return out[0], out[1]
+    def fits(self, arrangement: Arrangement, positions_needed: int) -> bool:
+        """True when the buffers hold the arranged rows and `positions_needed` positions
+        (otherwise the backend gathers the batch again into bigger ones)."""
+        return len(arrangement.order) <= self.row_capacity and positions_needed <= self.position_capacity
+
+    def apply(self, arrangement: Arrangement) -> tuple[torch.Tensor, torch.Tensor]:
+        """The buffers with the arrangement's copies done (one row each)."""
+        if arrangement.copies:
+            src = torch.tensor([s for s, _ in arrangement.copies], dtype=torch.long, device=self.k.device)
+            dst = torch.tensor([d for _, d in arrangement.copies], dtype=torch.long, device=self.k.device)
+            for buf in (self.k, self.v):
+                buf.index_copy_(1, dst, buf.index_select(1, src))
+        return self.k, self.v

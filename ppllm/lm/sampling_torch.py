@@ -66,17 +66,17 @@ def inverse_cdf(lq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _inverse_cdf_numpy(lq: np.ndarray, u: np.ndarray) -> np.ndarray:
-    probs = np.exp(lq)
-    cdf = np.cumsum(probs, axis=-1)
+    cdf = np.exp(lq)
+    np.cumsum(cdf, axis=-1, out=cdf)  # in place: one (B, V) array, not two
     total = cdf[:, -1]
     if not np.isfinite(total).all() or (total <= 0).any():
         raise ValueError("categorical: probabilities must be finite with a positive sum")
     # the first index whose cumulative mass exceeds u * total (searchsorted, right side)
     idx = np.minimum((cdf <= (u * total)[:, None]).sum(axis=-1), lq.shape[-1] - 1)
     rows = np.arange(len(idx))
-    for b in np.flatnonzero(probs[rows, idx] <= 0):  # rounding landed on a zero: step back
+    for b in np.flatnonzero(np.exp(lq[rows, idx]) <= 0):  # rounding landed on a zero: step back
         i = int(idx[b])
-        while probs[b, i] <= 0:
+        while np.exp(lq[b, i]) <= 0:
             i -= 1
         idx[b] = i
     return idx.astype(np.int64)
