@@ -263,11 +263,45 @@ def profile(name: str, n: int, t: int) -> dict[str, Any]:
     st = pstats.Stats(prof)
     cum = {f"{Path(k[0]).name}:{k[2]}": v[3] for k, v in st.stats.items()}  # type: ignore[attr-defined]
     own = sorted(((v[2], f"{Path(k[0]).name}:{k[2]}") for k, v in st.stats.items()), reverse=True)  # type: ignore[attr-defined]
-    model_s = max((v for k, v in cum.items() if k.endswith(":_call_impl")), default=0.0)
+    # the model: ppllm's own forward where it runs, else transformers' module calls
+    model_s = max((v for k, v in cum.items() if k.endswith((":_call_impl", "native_forward.py:run"))), default=0.0)
     return {"model": name, "n": n, "new_tokens": t, "seconds": total,
             "model_forward_seconds": model_s,
             "share_in_model_forward": model_s / total if total else None,
             "top_own_time": [{"function": f, "seconds": s} for s, f in own[:12]]}
+
+
+def forward_costs(name: str) -> list[dict[str, Any]]:
+    """One decode step's forward on the same buffers: transformers' forward (through the
+    backend's cache layer) against ppllm's own, ms per call (median of 5 x 50 calls)."""
+    import torch
+
+    from ppllm import zoo
+    from ppllm.lm.hf import HFLM
+
+    lm = zoo.load_lm(name)
+    if lm._native is None:
+        return []
+    plain = HFLM(lm.model, lm.tokenizer, native_forward=False)
+    layers, heads, dim = lm._kv.shape
+    out = []
+    for b, p in ((1, 40), (8, 40), (64, 270)):
+        k, v = (torch.randn(layers, b, heads, p + 40, dim) for _ in range(2))
+        ids, pos = torch.randint(1, lm.vocab_size, (b, 1)), torch.full((b, 1), p)
+        args = (ids, pos, None, k, v, p, 1)
+        runs = {"transformers": lambda args=args: plain._model_forward(*args),
+                "native": lambda args=args: lm._native(*args)}
+        ms: dict[str, list[float]] = {m: [] for m in runs}
+        with torch.no_grad():
+            for _ in range(5):
+                for m, f in runs.items():
+                    t0 = time.perf_counter()
+                    for _ in range(50):
+                        f()
+                    ms[m].append((time.perf_counter() - t0) / 50 * 1e3)
+        out.append({"model": name, "rows": b, "past": p, **{f"{m}_ms": statistics.median(x) for m, x in ms.items()}})
+        print(f"  forward {out[-1]}", flush=True)
+    return out
 
 
 MEMORY_SCRIPT = r"""
@@ -375,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     plan = QUICK if args.quick else FULL
-    results, notes, extras = [], [], {"profiles": [], "memory": []}
+    results, notes, extras = [], [], {"profiles": [], "memory": [], "forward_ms": []}
     start = time.perf_counter()
     for name in args.models.split(",") if args.memory != "only" else []:
         why = _available(name)
@@ -392,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(bench_model(name, cfg["sizes"], cfg["repeats"], args.chunk))
         if not args.quick and not args.sizes:
             extras["profiles"].append(profile(name, 32, 256 if name == "smollm2" else 256))
+            extras["forward_ms"].extend(forward_costs(name))
     want_memory = args.memory == "only" or (args.memory == "default" and not args.quick and not args.sizes)
     if want_memory and "smollm2" in args.models and _available("smollm2") is None:
         # A 4,096-token budget at N = 64, T = 64; the default budget (16,384 tokens) at T = 1,024,
