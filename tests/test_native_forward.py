@@ -126,6 +126,14 @@ def test_an_architecture_without_a_native_forward_keeps_transformers():
     assert _rounds(lm, n_rounds=3) < TOL
 
 
+def test_rotary_embeddings_that_change_with_the_length_keep_transformers():
+    tok = _tokenizer()
+    model = _llama(tok)
+    assert nf.NativeDecoder.for_model(model) is not None
+    model.model.rotary_emb.rope_type = "dynamic"
+    assert nf.NativeDecoder.for_model(model) is None
+
+
 def test_broken_twin_a_decoder_off_by_one_position_is_refused(monkeypatch):
     """A decoder that places decode steps one position off (an off-by-one after the prefill;
     a shift of every position would be harmless under rotary embeddings) disagrees with the

@@ -34,6 +34,7 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "swish": F.silu,
 }
+_STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 # Grouped-query attention inside SDPA (torch >= 2.5); before that, keys are repeated per head.
 _GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
@@ -173,6 +174,9 @@ def _llama(model: Any) -> Callable[..., torch.Tensor] | None:
     if act is None or rotary is None or not hasattr(rotary, "inv_freq"):
         return None
     if getattr(c, "sliding_window", None) or getattr(c, "pretraining_tp", 1) != 1:
+        return None
+    # Rotary frequencies read once: rope types that change them with the length are refused.
+    if getattr(rotary, "rope_type", "default") not in _STATIC_ROPE:
         return None
     n_layers, kv_heads, dim = _kv_layout(model)
     heads = int(c.num_attention_heads)
