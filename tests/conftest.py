@@ -17,3 +17,14 @@ from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ppllm", derandomize=True, database=None, deadline=None, max_examples=200)
 settings.load_profile("ppllm")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread in every test, restored after a test that changes it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -12,14 +12,6 @@ from ppllm.runs import demo
 from ppllm.zoo.char_tokenizer import save_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory):
     """A random GPT-2 with tiny-arith's tokenizer, used while tiny-arith's weights are absent."""

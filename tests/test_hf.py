@@ -25,14 +25,6 @@ TOL = 1e-4
 PROMPT = "Q: 37+48+19=\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """tiny-arith's directory, or a random GPT-2 with its shape and tokenizer."""

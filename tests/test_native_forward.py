@@ -25,14 +25,6 @@ from ppllm.zoo.char_tokenizer import build_tokenizer
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _tokenizer():
     return build_tokenizer()
 
@@ -225,17 +217,36 @@ def test_forwards_stay_within_a_small_kv_budget_and_answer_right():
     assert max(float(np.max(np.abs(g - _reference(lm.model, c)))) for g, c in zip(got, contexts, strict=True)) < TOL
 
 
-def test_fewer_collections_restores_the_users_thresholds():
+def _restores_thresholds(context) -> bool:
+    """True when `context` raises the thresholds inside (nested too) and restores them after."""
     before = gc.get_threshold()
-    with _gc.fewer_collections():
-        raised = gc.get_threshold()
-        with _gc.fewer_collections():
-            assert gc.get_threshold() == raised
-        assert gc.get_threshold() == raised
-    assert raised[0] >= _gc.RUN_THRESHOLDS[0] and gc.get_threshold() == before
+    try:
+        with context():
+            raised = gc.get_threshold()
+            with context():
+                inner = gc.get_threshold()
+        return raised[0] >= _gc.RUN_THRESHOLDS[0] and inner == raised and gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_fewer_collections_restores_the_users_thresholds():
+    assert _restores_thresholds(_gc.fewer_collections)
+    before = gc.get_threshold()
     gc.set_threshold(0)
     try:
         with _gc.fewer_collections():
             assert gc.get_threshold()[0] == 0  # collection switched off by the user stays off
     finally:
         gc.set_threshold(*before)
+
+
+def test_broken_twin_a_context_that_forgets_the_users_thresholds_fails():
+    import contextlib
+
+    @contextlib.contextmanager
+    def forgetful():
+        gc.set_threshold(*_gc.RUN_THRESHOLDS)
+        yield
+
+    assert not _restores_thresholds(forgetful)

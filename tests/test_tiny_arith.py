@@ -28,14 +28,6 @@ from ppllm.zoo.char_tokenizer import CHARS, EOS_TOKEN, build_tokenizer
 QUESTION_RE = re.compile(r"^Q: \d{2}(\+\d{2})+=\n$")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model_dir():
     return resolve("tiny-arith")

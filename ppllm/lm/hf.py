@@ -393,7 +393,7 @@ class HFLM(LM):
         batch: list = []
         cost = 0
         # A forward's working K/V (rows x width) stays within the KV budget too, so memory
-        # stays within about twice the budget (the pool plus one batch).
+        # is about the pool plus one batch (plus the round's logits).
         limit = min(self.max_batch_positions, self._kv.budget)
         for plan in plans:
             tokens, _, node = plan
