@@ -94,28 +94,36 @@ class Engine:
     def _answer(self, waiting: list[tuple[int, Request]], answers: dict[int, Any]) -> None:
         self.stats.rounds += 1
         self.stats.requests += len(waiting)
-        by_backend: dict[int, tuple[Any, dict[Any, list[int]], list[Request]]] = {}
+        # Per backend: its unique requests and, beside each, the slots that asked it (each
+        # request's key is hashed once: keys hold whole contexts).
+        by_backend: dict[int, tuple[Any, dict[Any, list[int]], list[Request], list[list[int]]]] = {}
         for s, req in waiting:
-            backend, slots_by_key, unique = by_backend.setdefault(id(req.backend), (req.backend, {}, []))
+            group = by_backend.get(id(req.backend))
+            if group is None:
+                group = by_backend[id(req.backend)] = (req.backend, {}, [], [])
+            slots_by_key = group[1]
             k = req.key()
-            if k not in slots_by_key:
-                slots_by_key[k] = []
-                unique.append(req)
-            slots_by_key[k].append(s)
+            asked = slots_by_key.get(k)
+            if asked is None:
+                slots_by_key[k] = asked = [s]
+                group[2].append(req)
+                group[3].append(asked)
+            else:
+                asked.append(s)
         groups = list(by_backend.values())
-        for _, _, unique in groups:
+        for _, _, unique, _ in groups:
             # what the backends evaluate: draws after one context share its forward
-            costs = {r.cost_key(): getattr(r, "tokens_cost", 0) for r in unique}
+            costs = {r.cost_key(): r.tokens_cost for r in unique}
             self.stats.unique_requests += len(costs)
             self.stats.tokens += sum(costs.values())
         if self.shared is not None:
             results = self.shared.answer([(g[0], g[2]) for g in groups])
         else:
             results = answer_groups([(g[0], g[2]) for g in groups], self.max_batch)
-        for (_, slots_by_key, unique), (got, calls) in zip(groups, results, strict=True):
+        for (_, _, _, askers), (got, calls) in zip(groups, results, strict=True):
             self.stats.lm_calls += calls
-            for req, res in zip(unique, got, strict=True):
-                for s in slots_by_key[req.key()]:
+            for asked, res in zip(askers, got, strict=True):
+                for s in asked:
                     answers[s] = res
 
 

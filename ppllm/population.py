@@ -37,7 +37,7 @@ import numpy as np
 from .engine import Engine
 from .program import Program
 from .resampling import Resampler, get_resampler
-from .rng import Rng
+from .rng import Rng, children_of
 
 __all__ = [
     "DegenerateWeights",
@@ -220,7 +220,7 @@ class Population:
         inc = np.zeros(self.n, dtype=np.float64)
         if live:
             step_rng = rng.child("step", t)  # = rng.child("step", t, "slot", i) below, keyed once
-            got = engine.step([self.programs[i] for i in live], [step_rng.child("slot", i) for i in live], t)
+            got = engine.step([self.programs[i] for i in live], children_of(step_rng, "slot", live), t)
             inc[live] = got
             self.log_w[live] += got
             if self.history is not None:

@@ -21,6 +21,7 @@ import copy
 import inspect
 import math
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Any
 
 import numpy as np
@@ -193,9 +194,10 @@ class Program:
         self, dist: Any, proposal: Any = None, *, address: str | None = None
     ) -> Any:
         """Draw x ~ q (= proposal, or dist itself) and add log p(x) − log q(x) to the weight."""
-        addr = self._address(address)
-        d = as_distribution(dist)
         pp = self._pp
+        pp.counter += 1
+        addr = address if address is not None else f"{pp.t}/{pp.counter}"
+        d = dist if isinstance(dist, Distribution) else as_distribution(dist)
         if pp.replay is not None and addr in pp.replay:
             # Replaying a recorded trace: the value is given, so the weight is its density.
             value = pp.replay[addr]
@@ -210,8 +212,9 @@ class Program:
             self._add(log_p, f"sample at {addr!r} ({type(d).__name__}, replayed)")
             return value
         if proposal is None:
-            draw = await self._draw(d)
+            draw = await (d.sample(self.rng) if pp.policy is None else self._draw(d))
             log_p = log_q = self._check_draw(draw, addr, d)
+            logw = 0.0
         else:
             q = as_distribution(proposal)
             draw = await self._draw(q)
@@ -219,8 +222,12 @@ class Program:
             known = d.log_prob_from_draw(draw)
             log_p = known if known is not None else await d.log_prob(draw.value)
             self._check_log_p(log_p, addr, d)
-        self._record(Choice(addr, draw.value, log_p, log_q, latent=not d.is_lm))
-        self._add(log_p - log_q if log_p != -math.inf else -math.inf, f"sample at {addr!r}")
+            logw = log_p - log_q if log_p != -math.inf else -math.inf
+            if logw != logw or logw == math.inf:  # NaN or +inf: the message is built only then
+                self._add(logw, f"sample at {addr!r}")
+        pp.trace = _TraceNode(Choice(addr, draw.value, log_p, log_q, latent=not d.is_lm), pp.trace)
+        pp.n_choices += 1
+        pp.step_logw += logw
         return draw.value
 
     async def _draw(self, dist: Distribution) -> Draw:
@@ -294,7 +301,7 @@ async def run_step(program: Program, rng: Rng) -> float:
     pp.step_logw = -pp.twist
     pp.twist = 0.0
     pending = program.step()
-    if not inspect.isawaitable(pending):
+    if type(pending) is not CoroutineType and not inspect.isawaitable(pending):
         raise TypeError(f"{type(program).__name__}.step must be a coroutine: write `async def step(self):`")
     await pending
     if pp.finished and pp.twist != 0.0:

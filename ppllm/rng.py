@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
-    "Rng", "SeededRng", "as_rng", "categorical_from_uniform", "key_to_ints", "mix64", "stream_key",
+    "Rng", "SeededRng", "as_rng", "categorical_from_uniform", "children_of", "key_to_ints", "mix64", "stream_key",
     "uniforms_of",
 ]
 
@@ -139,6 +139,18 @@ class SeededRng:
             state = _fold(state, part)
         return SeededRng(self.seed, self.key + parts, state)
 
+    def children(self, name: str, indices: Sequence[int]) -> list[SeededRng]:
+        """`[self.child(name, i) for i in indices]`, with the name folded in once."""
+        state = _fold(self.state, _crc(name))
+        key = self.key + (_crc(name),)
+        out = []
+        for i in indices:
+            if i < 0:
+                raise ValueError(f"rng key parts must be non-negative, got {i}")
+            i = int(i)
+            out.append(SeededRng(self.seed, key + (i,), _fold(state, i)))
+        return out
+
     def next_u64(self) -> int:
         self.counter += 1
         return mix64((self.state + self.counter * _STREAM) & _M64)
@@ -191,6 +203,12 @@ def uniforms_of(rngs: Sequence[SeededRng]) -> np.ndarray:
         r.counter += 1
     z = mix64_array(states + counters * np.uint64(_STREAM))
     return (z >> np.uint64(11)).astype(np.float64) * _U53
+
+
+def children_of(rng: Rng, name: str, indices: Sequence[int]) -> list[Rng]:
+    """`[rng.child(name, i) for i in indices]`, made at once where the stream allows it."""
+    fast = getattr(rng, "children", None)
+    return fast(name, indices) if fast is not None else [rng.child(name, i) for i in indices]
 
 
 def as_rng(seed_or_rng: int | Rng | None) -> Rng:

@@ -165,8 +165,9 @@ def _smc_rows(lm, seed=1):
     inner = lm._next_rows
 
     def recording(contexts, **kw):
-        rows = inner(contexts, **kw)
-        seen.extend(zip(contexts, rows.numpy().copy(), strict=True))
+        rows = inner(contexts, **kw)  # logits, when a draw asked for them unnormalised
+        lp = torch.log_softmax(rows.to(torch.float64), dim=-1)
+        seen.extend(zip(contexts, lp.numpy().copy(), strict=True))
         return rows
 
     lm._next_rows = recording

@@ -35,7 +35,7 @@ from .kv_cache import (
 )
 from .native_forward import NativeDecoder
 from .resident import ResidentBatch
-from .sampling_torch import inverse_cdf, transform_logprobs_torch
+from .token_draws import DeviceMasks, draw_tokens
 
 __all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS", "DEFAULT_KV_BUDGET_BYTES"]
 
@@ -99,7 +99,7 @@ class HFLM(LM):
             kv_budget_tokens = max(DEFAULT_KV_BUDGET_TOKENS, DEFAULT_KV_BUDGET_BYTES // per_token)
         self._kv = KVStore(n_layers, kv_heads, head_dim, self.dtype, self.device, kv_budget_tokens)
         self._answers: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # float64 rows
-        self._masks: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
+        self._masks = DeviceMasks(self.device)
         self._resident: ResidentBatch | None = None  # last round's batch buffers
         self._answer_budget = max(1, answer_cache_bytes // (8 * self.vocab_size))
         self._vocab_strings: list[str] | None = None
@@ -273,9 +273,8 @@ class HFLM(LM):
         mask, top-p and the inverse-CDF draw at the particle's uniform run batched there, and
         only (token, log q, log p) come back to the host."""
         where: dict[tuple[int, ...], int] = {}
-        for r in requests:
-            where.setdefault(r.tokens, len(where))
-        rows = self._next_rows(list(where), remember=False)
+        row_of = [where.setdefault(r.tokens, len(where)) for r in requests]
+        rows = self._next_rows(list(where), remember=False, normalised=False)
         out: list[TokenDraw | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
@@ -283,69 +282,48 @@ class HFLM(LM):
             groups.setdefault((d.temperature, d.top_p, d.mask is None), []).append(i)
         for members in groups.values():
             d = requests[members[0]].dist
-            index = [where[requests[i].tokens] for i in members]
-            lp = rows if index == list(range(len(rows))) else rows.index_select(0, torch.tensor(index, device=self.device))
-            mask = None if d.mask is None else self._device_masks([requests[i].dist.mask for i in members])
-            lq = lp if d.is_plain else transform_logprobs_torch(lp, d.temperature, mask, d.top_p)
-            u = torch.tensor([requests[i].u for i in members], dtype=torch.float64)
-            tok = inverse_cdf(lq, u.to(self.device))
-            picked = torch.stack([tok.to(torch.float64), lq.gather(1, tok[:, None])[:, 0],
-                                  lp.gather(1, tok[:, None])[:, 0]], 1).cpu()
-            self.stats["bytes_to_host"] += picked.numel() * 8
-            for i, (t, q, p) in zip(members, picked.tolist(), strict=True):
-                out[i] = TokenDraw(int(t), q, p)
+            index = [row_of[i] for i in members]
+            x = rows if index == list(range(len(rows))) else rows.index_select(0, torch.tensor(index, device=self.device))
+            mask = None if d.mask is None else self._masks.of([requests[i].dist.mask for i in members])
+            u = np.array([requests[i].u for i in members], dtype=np.float64)
+            tokens, log_q, log_p = draw_tokens(x, u, d.temperature, mask, d.top_p)
+            self.stats["bytes_to_host"] += 3 * 8 * len(members)
+            for i, t, q, p in zip(members, tokens, log_q, log_p, strict=True):
+                out[i] = TokenDraw(t, q, p)
         return out  # type: ignore[return-value]
 
-    def _device_masks(self, masks: list[np.ndarray]) -> torch.Tensor:
-        """The rows' masks on the device: (V,) when they are one array, else (G, V)."""
-        distinct: dict[int, int] = {}
-        for m in masks:
-            distinct.setdefault(id(m), len(distinct))
-        if len(distinct) == 1:
-            return self._device_mask(masks[0])
-        arrays = {id(m): m for m in masks}
-        stacked = torch.tensor(np.stack([arrays[k] for k in distinct]), device=self.device)
-        return stacked.index_select(0, torch.tensor([distinct[id(m)] for m in masks], device=self.device))
-
-    def _device_mask(self, mask: np.ndarray) -> torch.Tensor:
-        """A boolean vocabulary mask on the device, kept while the same array is in use."""
-        key = id(mask)
-        hit = self._masks.get(key)
-        if hit is None or hit[0] is not mask:
-            hit = (mask, torch.tensor(mask, dtype=torch.bool, device=self.device))
-            self._masks[key] = hit
-            while len(self._masks) > 8:
-                self._masks.pop(next(iter(self._masks)))
-        return hit[1]
-
-    def _next_rows(self, contexts: list[tuple[int, ...]], remember: bool = True) -> torch.Tensor:
+    def _next_rows(self, contexts: list[tuple[int, ...]], remember: bool = True,
+                   normalised: bool = True) -> torch.Tensor:
         """(len(contexts), V) float64 next-token log-probabilities on the model's device;
         distinct contexts expected. Remembered answers are reused, the rest is one forward
-        (and remembered when asked: draws consume their rows at once)."""
+        (and remembered when asked: draws consume their rows at once). `normalised=False`
+        allows the float32 logits themselves when every row is fresh (a draw normalises)."""
         rows: list[torch.Tensor | None] = [None] * len(contexts)
         todo: list[int] = []
+        answers = self._answers
         for i, ctx in enumerate(contexts):
-            hit = self._answers.get(ctx)
+            hit = answers.get(ctx) if answers else None
             if hit is not None:
-                self._answers.move_to_end(ctx)
+                answers.move_to_end(ctx)
                 self.stats["answer_hits"] += 1
                 rows[i] = hit
             else:
                 todo.append(i)
         if todo:
-            got = []
-            for logits, _ in self._run_batches([(contexts[i], len(contexts[i]) - 1) for i in todo]):
-                # float32 logits, normalised in float64: the weights see exactly normalised values
-                got.append(torch.log_softmax(logits[:, -1, :].to(torch.float64), dim=-1))
+            got = [logits[:, -1, :] for logits, _ in self._run_batches([(contexts[i], len(contexts[i]) - 1)
+                                                                          for i in todo])]
             fresh = torch.cat(got) if len(got) > 1 else got[0]
+            if not normalised and len(todo) == len(contexts):
+                return fresh
+            # float32 logits, normalised in float64: the weights see exactly normalised values
+            fresh = torch.log_softmax(fresh.to(torch.float64), dim=-1)
+            if remember:  # clones: a view would keep the whole batch alive
+                for j, i in enumerate(todo):
+                    self._remember(contexts[i], fresh[j].clone())
+            if len(todo) == len(contexts):
+                return fresh
             for j, i in enumerate(todo):
                 rows[i] = fresh[j]
-                if remember:  # a clone: a view would keep the whole batch alive
-                    self._remember(contexts[i], fresh[j].clone())
-        if not todo:
-            return torch.stack(rows)  # type: ignore[arg-type]
-        if len(todo) == len(contexts):
-            return fresh
         return torch.stack(rows)  # type: ignore[arg-type]
 
     def continuation_logprobs(
@@ -452,18 +430,19 @@ class HFLM(LM):
         self.stats["new_tokens"] += sum(lens)
         self.stats["reused_tokens"] += sum(past)
         # Store the new tokens' KV in the pool: one write for all rows and layers.
-        new_pos: list[tuple[int, int]] = []
+        new_pos: list[int] = []
         new_slots: list[int] = []
         lasts: list[TrieNode] = []
         if S == 1 and not ragged:  # one token per row, all at position P
             slots = kv.alloc(B)
+            insert_one = kv.insert_one
             for b, ((tokens, _, node), slot) in enumerate(zip(plans, slots, strict=True)):
-                child = kv.insert_one(node, tokens[-1], slot, tokens)
+                child = insert_one(node, tokens[-1], slot, tokens)
                 if child is None:
                     kv.free.append(slot)
                     lasts.append(node.children[tokens[-1]])
                 else:
-                    new_pos.append((b, P))
+                    new_pos.append(b)
                     new_slots.append(slot)
                     lasts.append(child)
         else:
@@ -475,17 +454,19 @@ class HFLM(LM):
                 if used:
                     start = P + S - len(suf)
                     where = {s: start + j for j, s in enumerate(slots)}
-                    new_pos.extend((b, where[s]) for s in used)
+                    new_pos.extend(b * cap + where[s] for s in used)
                     new_slots.extend(used)
                 kv.touch(last, tokens)
                 lasts.append(last)
         for _, _, node in plans:  # paths are kept on leaves only: O(depth) memory per branch
             if node.children and node.parent is not None:
-                node.path = None
-        if new_slots:
-            bp = torch.tensor(new_pos, dtype=torch.long, device=dev)
+                node.path = node.buffer = None
+        if new_slots:  # new_pos: row b's position p as b * cap + p (S == 1: as b alone)
+            bp = torch.tensor(new_pos, dtype=torch.long, device=dev).view(-1, 1)
+            if S == 1 and not ragged:
+                bp = bp * cap + P
             hs = torch.arange(heads, device=dev).view(1, heads)
-            src = (bp[:, :1] * heads * cap + hs * cap + bp[:, 1:]).reshape(-1)
+            src = (bp // cap * (heads * cap) + hs * cap + bp % cap).reshape(-1)
             dst = (torch.tensor(new_slots, dtype=torch.long, device=dev).view(-1, 1) * heads + hs).reshape(-1)
             for pool, buf in ((kv.k, kfull), (kv.v, vfull)):
                 pool.view(n_layers, -1, dim).index_copy_(1, dst, buf.view(n_layers, -1, dim).index_select(1, src))
@@ -546,12 +527,16 @@ class HFLM(LM):
                 return k, v, P, None if arrangement.identity else arrangement.order
         # Gather from the pool (which holds every row's past), letting the old buffers go first:
         # growing never holds two copies of the batch.
+        more_rows = res is None or len(plans) > res.rows
         self._resident = res = None
         self.stats["gathered"] += 1
         past = [node.depth for _, _, node in plans]
         P = max(past)
         B, W = len(plans), P + S
-        cap = max(W, min(W + max(32, W // 4), kv.budget // B))  # room to grow in place
+        # Room to grow in place, within the budget: positions by half, rows by as many again
+        # when the batch has grown (copies of one context split over the first rounds).
+        rows_cap = max(B, min(2 * B, kv.budget // W)) if more_rows else B
+        cap = max(W, min(W + max(32, W // 2), kv.budget // rows_cap))
         idx = np.zeros((B, W), dtype=np.int64)
         for b, (_, _, node) in enumerate(plans):
             if past[b]:
@@ -563,9 +548,9 @@ class HFLM(LM):
         rows_t = (torch.from_numpy(idx).to(dev).view(B, 1, W) * heads + head).reshape(-1)
         out = []
         for pool in (kv.k, kv.v):
-            buf = torch.empty(n_layers, B, heads, cap, dim, dtype=pool.dtype, device=dev)
+            buf = torch.empty(n_layers, rows_cap, heads, cap, dim, dtype=pool.dtype, device=dev)
             for layer in range(n_layers):
-                buf[layer, :, :, :W] = pool[layer].view(-1, dim).index_select(0, rows_t).view(B, heads, W, dim)
+                buf[layer, :B, :, :W] = pool[layer].view(-1, dim).index_select(0, rows_t).view(B, heads, W, dim)
             out.append(buf)
         return out[0], out[1], P, None
 

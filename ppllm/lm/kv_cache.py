@@ -23,7 +23,7 @@ __all__ = ["KVStore", "TrieNode", "batch_mask", "buffer_layer_class", "copy_back
 class TrieNode:
     """One token of the trie: its KV slot in the pool and its place in the tree."""
 
-    __slots__ = ("token", "parent", "children", "slot", "depth", "path", "key")
+    __slots__ = ("token", "parent", "children", "slot", "depth", "path", "buffer", "key")
 
     def __init__(self, token: int, parent: TrieNode | None, slot: int, depth: int) -> None:
         self.token = token
@@ -32,7 +32,37 @@ class TrieNode:
         self.slot = slot  # -1 once evicted (or for the root)
         self.depth = depth
         self.path: np.ndarray | None = None  # slots root→self, kept on leaves only
+        self.buffer: _PathBuffer | None = None  # the array `path` is a prefix of
         self.key: tuple[int, ...] | None = None  # full context, for leaves in the index
+
+
+class _PathBuffer:
+    """An int64 array that paths are prefixes of, with room to grow: a child's path is its
+    parent's plus one slot, written in place when no other child took that place yet, so a
+    decode step extends a path in O(1) instead of copying it (O(depth))."""
+
+    __slots__ = ("array", "used")
+
+    def __init__(self, array: np.ndarray, used: int) -> None:
+        self.array, self.used = array, used
+
+
+def _extended_path(node: TrieNode, start: TrieNode, base: np.ndarray, slots: Sequence[int]) -> None:
+    """Give `node` (below `start`, whose path is `base`) the path `base` + `slots`, in place in
+    start's buffer when that place is free."""
+    n, k = len(base), len(slots)
+    buf = start.buffer if start.path is base else None
+    if buf is None or buf.used != n or n + k > len(buf.array):
+        array = np.empty(max(16, 2 * (n + k)), dtype=np.int64)
+        array[:n] = base
+        buf = _PathBuffer(array, n)
+    if k == 1:
+        buf.array[n] = slots[0]
+    else:
+        buf.array[n : n + k] = slots
+    buf.used = n + k
+    node.path = buf.array[: n + k]
+    node.buffer = buf
 
 
 class KVStore:
@@ -136,7 +166,7 @@ class KVStore:
             new_slots.append(child.slot)
             node = child
         if node is not start:
-            node.path = np.concatenate([base_path, np.asarray(new_slots, dtype=np.int64)])
+            _extended_path(node, start, base_path, new_slots)
         if not node.children and node is not self.root:
             self._leaf(node, full)
         return node, used
@@ -152,7 +182,7 @@ class KVStore:
         child = TrieNode(token, start, slot, start.depth + 1)
         start.children[token] = child
         self.n_cached += 1
-        child.path = np.append(self.path_of(start), np.int64(slot))
+        _extended_path(child, start, self.path_of(start), (slot,))
         self._leaf(child, full)
         return child
 
@@ -168,8 +198,10 @@ class KVStore:
     def _leaf(self, node: TrieNode, full: tuple[int, ...]) -> None:
         node.key = full
         self.index[full] = node
-        self.leaves[node] = None
-        self.leaves.move_to_end(node)
+        if node in self.leaves:
+            self.leaves.move_to_end(node)
+        else:
+            self.leaves[node] = None  # new keys go last
 
     def _unleaf(self, node: TrieNode) -> None:
         # Its path stays until the end of the batch: siblings inserted next still extend it.

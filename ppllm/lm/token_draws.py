@@ -1,0 +1,142 @@
+"""A round's token draws from its logits: `draw_tokens(...)` → (token, log q, log p) per row.
+
+Each row is drawn by inverse CDF at its own uniform (the particle's), so a row's draw never
+depends on the other rows of the batch. Two implementations of the same arithmetic:
+
+- On the CPU (no top-p), NumPy on the logits' memory, with one exponential per entry: the
+  row's weights exp(x − max) give the model's normaliser and, masked or tempered, the
+  proposal's weights, which the draw uses unnormalised (u · total). Only the drawn token's
+  log q and log p are formed; no normalised row over the vocabulary is built. At a 49k
+  vocabulary the inverse CDF runs in blocks: block sums find the block, one block's
+  cumulative sum finds the token (a full cumulative sum costs 3–4× as much).
+- Elsewhere (an accelerator, or top-p), torch where the logits are: float64 log-softmax,
+  `transform_logprobs_torch`, `inverse_cdf`, and a gather of the three scalars.
+
+Both match the host sampler (`base.draw_from_rows`) row by row, to float rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import sampling_torch
+from .sampling_torch import inverse_cdf, transform_logprobs_torch
+
+__all__ = ["DeviceMasks", "draw_tokens"]
+
+_BLOCK = 512  # entries per block of the blocked inverse CDF
+_BLOCKED_FROM = 4096  # vocabularies at least this large are drawn in blocks
+
+
+def draw_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float = 1.0,
+                mask: torch.Tensor | None = None, top_p: float | None = None) -> tuple[list, list, list]:
+    """(tokens, log q, log p) of each row of `logits` (B, V), unnormalised log-weights (float32
+    logits or float64 log-probabilities), drawn at `u` (B,) from the tempered, masked (True =
+    allowed; (V,) or (B, V)) and truncated distribution; log p under the model itself."""
+    plain_top_p = top_p is None or top_p >= 1.0
+    if sampling_torch.NUMPY_ON_CPU and logits.device.type == "cpu" and plain_top_p:
+        return _draw_numpy(logits.numpy(), u, temperature, None if mask is None else mask.numpy())
+    return _draw_torch(logits, u, temperature, mask, top_p)
+
+
+class DeviceMasks:
+    """Boolean vocabulary masks on the device, kept while the same arrays are in use."""
+
+    def __init__(self, device: torch.device | str, keep: int = 8) -> None:
+        self.device, self.keep = device, keep
+        self._cache: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
+
+    def of(self, masks: list[np.ndarray]) -> torch.Tensor:
+        """The rows' masks: (V,) when they are one array, else (rows, V)."""
+        distinct: dict[int, int] = {}
+        for m in masks:
+            distinct.setdefault(id(m), len(distinct))
+        if len(distinct) == 1:
+            return self.one(masks[0])
+        arrays = {id(m): m for m in masks}
+        stacked = torch.tensor(np.stack([arrays[k] for k in distinct]), device=self.device)
+        return stacked.index_select(0, torch.tensor([distinct[id(m)] for m in masks], device=self.device))
+
+    def one(self, mask: np.ndarray) -> torch.Tensor:
+        hit = self._cache.get(id(mask))
+        if hit is None or hit[0] is not mask:  # the array itself is kept, so its id stays its own
+            hit = (mask, torch.tensor(mask, dtype=torch.bool, device=self.device))
+            self._cache[id(mask)] = hit
+            while len(self._cache) > self.keep:
+                self._cache.pop(next(iter(self._cache)))
+        return hit[1]
+
+
+def _draw_torch(logits: torch.Tensor, u: np.ndarray, temperature: float, mask: torch.Tensor | None,
+                top_p: float | None) -> tuple[list, list, list]:
+    lp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    plain = temperature == 1.0 and mask is None and (top_p is None or top_p >= 1.0)
+    lq = lp if plain else transform_logprobs_torch(lp, temperature, mask, top_p)
+    tok = inverse_cdf(lq, torch.as_tensor(u, dtype=torch.float64).to(lq.device))
+    picked = torch.stack([tok.to(torch.float64), lq.gather(1, tok[:, None])[:, 0],
+                          lp.gather(1, tok[:, None])[:, 0]], 1).cpu().numpy()
+    return picked[:, 0].astype(np.int64).tolist(), picked[:, 1].tolist(), picked[:, 2].tolist()
+
+
+def _draw_numpy(x: np.ndarray, u: np.ndarray, temperature: float,
+                mask: np.ndarray | None) -> tuple[list, list, list]:
+    """The CPU draw on `x` (float32 logits or float64 log-weights), with one (B, V) float64
+    array alive at a time (the round's weights), built in place."""
+    B, V = x.shape
+    top = x.max(axis=1).astype(np.float64)
+    if not np.isfinite(top).all():  # a NaN or +inf logit, or a row with no possible token
+        raise ValueError("categorical: probabilities must be finite with a positive sum")
+
+    def weights(scale: float) -> np.ndarray:  # exp((x − top) / T): max 1, so no overflow
+        w = x.astype(np.float64)  # a copy, also of float64 input
+        w -= top[:, None]
+        if scale != 1.0:
+            w /= scale
+        return np.exp(w, out=w)
+
+    w = weights(1.0)
+    z = w.sum(axis=1)  # the model's normaliser (>= 1)
+    if temperature != 1.0:
+        w = weights(temperature)
+    if mask is not None:
+        w *= mask
+    total = w.sum(axis=1) if temperature != 1.0 or mask is not None else z
+    shift = top.copy()  # log w = (x − shift) / T
+    for b in np.flatnonzero(total <= 0):  # every allowed token underflowed (or none is allowed)
+        row = x[b].astype(np.float64)
+        allowed = row if mask is None else np.where(mask if mask.ndim == 1 else mask[b], row, -np.inf)
+        shift[b] = allowed.max()
+        if shift[b] == -np.inf:
+            raise ValueError("every token is masked out: the distribution is empty")
+        w[b] = np.exp((allowed - shift[b]) / temperature)
+        total[b] = w[b].sum()
+    tok = _inverse_cdf(w, np.asarray(u, dtype=np.float64) * total)
+    xt = x[np.arange(B), tok].astype(np.float64)
+    log_q = (xt - shift) / temperature - np.log(total)
+    log_p = xt - top - np.log(z)
+    return tok.tolist(), log_q.tolist(), log_p.tolist()
+
+
+def _inverse_cdf(w: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Per row, the first index whose cumulative weight exceeds `threshold` (never one of
+    weight zero): `SeededRng.categorical` on unnormalised weights."""
+    B, V = w.shape
+    if V < _BLOCKED_FROM:
+        cdf = np.cumsum(w, axis=1)
+        idx = (cdf <= threshold[:, None]).sum(axis=1)
+    else:
+        n_blocks = -(-V // _BLOCK)
+        padded = w if n_blocks * _BLOCK == V else np.pad(w, ((0, 0), (0, n_blocks * _BLOCK - V)))
+        blocks = padded.reshape(B, n_blocks, _BLOCK)
+        cum = np.cumsum(blocks.sum(axis=2), axis=1)
+        j = np.minimum((cum <= threshold[:, None]).sum(axis=1), n_blocks - 1)
+        rows = np.arange(B)
+        before = np.where(j > 0, cum[rows, np.maximum(j - 1, 0)], 0.0)
+        inner = np.cumsum(blocks[rows, j], axis=1) + before[:, None]
+        idx = j * _BLOCK + np.minimum((inner <= threshold[:, None]).sum(axis=1), _BLOCK - 1)
+    idx = np.minimum(idx, V - 1)
+    for b in np.flatnonzero(w[np.arange(B), idx] <= 0):  # rounding landed on a zero: step back
+        before = np.flatnonzero(w[b, : idx[b] + 1] > 0)
+        idx[b] = before[-1] if len(before) else np.flatnonzero(w[b] > 0)[0]
+    return idx.astype(np.int64)
