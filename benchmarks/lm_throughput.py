@@ -19,7 +19,7 @@ Same model, same prompt, N sequences of T new tokens each (EOS ignored everywher
 Throughput = N·T / wall seconds (prefill included on every side), CPU seconds beside;
 median of interleaved repeats. Also: bytes brought to the host per step (full float64
 rows vs drawn scalars), peak memory above the loaded model at N = 64, T = 64 with
-`kv_budget_tokens = 4096` (and at N = 8, T = 1024 with the default 16,384), and a profile of
+`kv_budget_tokens = 4096` (and at N = 8, T = 1024 with the default 32,768), and a profile of
 where ppllm's time goes.
 
     python -m benchmarks.lm_throughput            # full run; writes docs/benchmarks/
@@ -429,10 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             extras["forward_ms"].extend(forward_costs(name))
     want_memory = args.memory == "only" or (args.memory == "default" and not args.quick and not args.sizes)
     if want_memory and "smollm2" in args.models and _available("smollm2") is None:
-        # A 4,096-token budget at N = 64, T = 64; the default budget (16,384 tokens) at T = 1,024,
+        # A 4,096-token budget at N = 64, T = 64; the default budget (32,768 tokens) at T = 1,024,
         # where 8 rows of 1,066 tokens would not fit in 4,096 (live rows evicted, recomputed).
         for n, t, budget, method in ((64, 64, 4096, "smc"), (64, 64, 4096, "lean"),
-                                     (8, 1024, 16384, "smc"), (8, 1024, 16384, "lean")):
+                                     (8, 1024, 32768, "smc"), (8, 1024, 32768, "lean")):
             extras["memory"].append(memory("smollm2", n, t, budget, method))
             print(f"  memory {extras['memory'][-1]}", flush=True)
 

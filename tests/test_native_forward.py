@@ -210,10 +210,20 @@ def test_default_budget_counts_bytes_for_small_models():
 def test_forwards_stay_within_a_small_kv_budget_and_answer_right():
     tok = _tokenizer()
     lm = HFLM(_gpt2(tok), tok, kv_budget_tokens=40)
+    sizes = []
+    inner = lm._past_buffers
+
+    def recording(plans, S):
+        k, v, P, order = inner(plans, S)
+        sizes.append(k.shape[1] * k.shape[3])  # rows x positions of the working buffers
+        return k, v, P, order
+
+    lm._past_buffers = recording
     rng = np.random.default_rng(0)
     contexts = [tuple(int(t) for t in rng.integers(1, len(tok), size=12)) for _ in range(8)]
     got = lm.logprobs(contexts)
-    assert lm.stats["forwards"] >= 3  # 8 rows x 12 tokens split into batches of <= 40 positions
+    assert lm._kv.working == 20  # half the budget: the pool plus the working copy stay <= 1.5x
+    assert lm.stats["forwards"] == 8 and max(sizes) <= 20  # 8 rows x 12 tokens, one row a batch
     assert max(float(np.max(np.abs(g - _reference(lm.model, c)))) for g, c in zip(got, contexts, strict=True)) < TOL
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,6 +62,8 @@ class Context:
     tokens: tuple[int, ...]
 
     def extend(self, more: int | Iterable[int]) -> Context:
+        if type(more) is int:  # the common case first: one drawn token
+            return Context(self.tokens + (more,))
         if isinstance(more, int | np.integer):
             return Context(self.tokens + (int(more),))
         if isinstance(more, Chunk):
@@ -169,8 +171,7 @@ class ScoreTokens(Request):
         return ("score", self.tokens, self.continuation)
 
 
-@dataclass(frozen=True)
-class TokenDraw:
+class TokenDraw(NamedTuple):
     """A token a backend drew: the token, log q (what it was drawn from), log p (the model)."""
 
     token: int

@@ -39,9 +39,9 @@ from .token_draws import DeviceMasks, draw_tokens
 
 __all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS", "DEFAULT_KV_BUDGET_BYTES"]
 
-DEFAULT_KV_BUDGET_TOKENS = 16_384
+DEFAULT_KV_BUDGET_TOKENS = 32_768
 # Small models get more tokens by default: as many as this many bytes of K/V hold.
-DEFAULT_KV_BUDGET_BYTES = 256 << 20
+DEFAULT_KV_BUDGET_BYTES = 512 << 20
 # Token strings that end a turn in common chat formats; added to the stop set when present.
 _KNOWN_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
 
@@ -94,7 +94,7 @@ class HFLM(LM):
         # model's at load; anything else, or a mismatch, keeps transformers' forward).
         self._native = NativeDecoder.for_model(model) if native_forward else None
         n_layers, kv_heads, head_dim = self._kv_shape(text_config)
-        if kv_budget_tokens is None:  # 16 384 tokens, or 256 MiB of them when that is more
+        if kv_budget_tokens is None:  # 32 768 tokens, or 512 MiB of them when that is more
             per_token = 2 * n_layers * kv_heads * head_dim * torch.finfo(self.dtype).bits // 8
             kv_budget_tokens = max(DEFAULT_KV_BUDGET_TOKENS, DEFAULT_KV_BUDGET_BYTES // per_token)
         self._kv = KVStore(n_layers, kv_heads, head_dim, self.dtype, self.device, kv_budget_tokens)
@@ -301,8 +301,10 @@ class HFLM(LM):
         rows: list[torch.Tensor | None] = [None] * len(contexts)
         todo: list[int] = []
         answers = self._answers
-        for i, ctx in enumerate(contexts):
-            hit = answers.get(ctx) if answers else None
+        if not answers:  # e.g. a run of draws, which keep no rows
+            todo = list(range(len(contexts)))
+        for i, ctx in enumerate(contexts if answers else ()):
+            hit = answers.get(ctx)
             if hit is not None:
                 answers.move_to_end(ctx)
                 self.stats["answer_hits"] += 1
@@ -370,9 +372,9 @@ class HFLM(LM):
         out: list[tuple[torch.Tensor, list[int]]] = []
         batch: list = []
         cost = 0
-        # A forward's working K/V (rows x width) stays within the KV budget too, so memory
-        # is about the pool plus one batch (plus the round's logits).
-        limit = min(self.max_batch_positions, self._kv.budget)
+        # A forward's working K/V (rows x width) stays within half the KV budget, so memory
+        # is at most the pool plus half as much again (plus the round's logits).
+        limit = min(self.max_batch_positions, self._kv.working)
         for plan in plans:
             tokens, _, node = plan
             width = len(tokens)
@@ -396,17 +398,20 @@ class HFLM(LM):
         if order is not None:  # the batch runs in the resident rows' order
             plans = [plans[j] for j in order]
         past = [node.depth for _, _, node in plans]
-        suffix = [tokens[d:] for (tokens, _, _), d in zip(plans, past, strict=True)]
         need = [len(tokens) - keep for tokens, keep, _ in plans]
-        lens = [len(s) for s in suffix]
         n_layers, heads, dim = kv.shape
         kbuf, vbuf = kfull[:, :B], vfull[:, :B]
         cap = kfull.shape[3]
-        ragged = any(p != P for p in past) or any(n != S for n in lens)
-        if S == 1:  # the common round: one new token per row
-            ids_np = np.array(suffix, dtype=np.int64)
+        if S == 1:  # the common round: one new token per row (every suffix is one token)
+            suffix = None
+            lens = [1] * B
+            ragged = any(p != P for p in past)
+            ids_np = np.fromiter((tokens[-1] for tokens, _, _ in plans), dtype=np.int64, count=B).reshape(B, 1)
             pos_np = np.array(past, dtype=np.int64).reshape(B, 1)
         else:
+            suffix = [tokens[d:] for (tokens, _, _), d in zip(plans, past, strict=True)]
+            lens = [len(s) for s in suffix]
+            ragged = any(p != P for p in past) or any(n != S for n in lens)
             ids_np = np.zeros((B, S), dtype=np.int64)
             pos_np = np.zeros((B, S), dtype=np.int64)
             for b, suf in enumerate(suffix):
@@ -446,6 +451,8 @@ class HFLM(LM):
                     new_slots.append(slot)
                     lasts.append(child)
         else:
+            if suffix is None:
+                suffix = [tokens[-1:] for tokens, _, _ in plans]
             for b, ((tokens, _, node), suf) in enumerate(zip(plans, suffix, strict=True)):
                 slots = kv.alloc(len(suf))
                 last, used = kv.insert(node, suf, slots, tokens)
@@ -473,7 +480,7 @@ class HFLM(LM):
         # Keep this batch's buffers for the next round when every row's KV is contiguous in
         # them (all suffixes equally long) and they fit the budget: rows that come back
         # extended are then not gathered again.
-        if resident_ok and all(n == S for n in lens) and kfull.shape[1] * cap <= kv.budget:
+        if resident_ok and all(n == S for n in lens) and kfull.shape[1] * cap <= kv.working:
             self._resident = ResidentBatch(kfull, vfull, B, P + S, lasts)
         else:
             self._resident = None
@@ -535,8 +542,8 @@ class HFLM(LM):
         B, W = len(plans), P + S
         # Room to grow in place, within the budget: positions by half, rows by as many again
         # when the batch has grown (copies of one context split over the first rounds).
-        rows_cap = max(B, min(2 * B, kv.budget // W)) if more_rows else B
-        cap = max(W, min(W + max(32, W // 2), kv.budget // rows_cap))
+        rows_cap = max(B, min(2 * B, kv.working // W)) if more_rows else B
+        cap = max(W, min(W + max(32, W // 2), kv.working // rows_cap))
         idx = np.zeros((B, W), dtype=np.int64)
         for b, (_, _, node) in enumerate(plans):
             if past[b]:

@@ -78,6 +78,9 @@ class KVStore:
             raise ValueError(f"kv_budget_tokens must be >= 1, got {budget}")
         self.shape = (n_layers, kv_heads, head_dim)
         self.dtype, self.device, self.budget = dtype, device, int(budget)
+        # A forward's working copy of its rows' past (rows x width) stays within this many
+        # tokens: pool plus working buffers are then at most 1.5x the budget.
+        self.working = max(1, self.budget // 2)
         self.root = TrieNode(-1, None, -1, 0)
         self.root.path = np.zeros(0, dtype=np.int64)
         self.leaves: OrderedDict[TrieNode, None] = OrderedDict()  # oldest first
