@@ -56,17 +56,18 @@ def _reference(model, ctx):
     return torch.log_softmax(logits.double(), -1).numpy()
 
 
-def _rounds(lm, seed=0, n_rounds=6):
-    """Rounds of contexts the way kernels produce them: a shared prompt, forks of different
-    lengths (ragged), then rows extended one token at a time, some duplicated, some dropped."""
+def _rounds(lm, seed=0, n_rounds=6, first=1, most=6):
+    """Rounds of contexts the way kernels produce them: `first` prompts, forks of different
+    lengths (ragged) up to `most` rows, then rows extended one token at a time, some
+    duplicated, some dropped."""
     rng = np.random.default_rng(seed)
     V = lm.vocab_size
-    contexts = [tuple(int(t) for t in rng.integers(1, V, size=7))]
+    contexts = [tuple(int(t) for t in rng.integers(1, V, size=7)) for _ in range(first)]
     worst = 0.0
     for r in range(n_rounds):
         if r in (1, 4):  # forks of 1-3 tokens: ragged suffixes, a 4-D mask
             contexts = [c + tuple(int(t) for t in rng.integers(1, V, size=int(rng.integers(1, 4))))
-                        for c in contexts for _ in range(2)][:6]
+                        for c in contexts for _ in range(2)][:most]
         else:  # one token each; resampling duplicates and drops rows
             keep = rng.integers(0, len(contexts), size=len(contexts))
             contexts = [contexts[k] + (int(rng.integers(1, V)),) for k in keep]
@@ -77,12 +78,15 @@ def _rounds(lm, seed=0, n_rounds=6):
 
 
 @pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
-def test_native_forward_equals_the_models_own_on_every_round_shape(build):
+@pytest.mark.parametrize("first,most", [(1, 6), (5, 20)], ids=["few-rows", "many-rows"])
+def test_native_forward_equals_the_models_own_on_every_round_shape(build, first, most):
+    """Decode steps of a few rows attend by SDPA, of more rows by matmuls: both checked."""
     tok = _tokenizer()
     lm = HFLM(build(tok), tok)
     assert lm._native is not None and lm._native.kind == lm.model.config.model_type
-    assert _rounds(lm) < TOL
+    assert _rounds(lm, first=first, most=most) < TOL
     assert lm.stats["resident_moved"] > 0 and lm.stats["gathered"] > 0
+    assert (lm.stats["rows"] > 8 * lm.stats["forwards"]) == (first > 1)  # many rows: the matmul path
 
 
 def test_llama_without_grouped_heads_and_gpt2_scaled_by_layer():
