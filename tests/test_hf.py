@@ -419,3 +419,32 @@ def test_draws_move_scalars_not_rows(tiny):
     before = tiny.stats["bytes_to_host"]
     tiny.logprobs([r.tokens for r in reqs])
     assert tiny.stats["bytes_to_host"] - before == 8 * tiny.vocab_size * len({r.tokens for r in reqs})
+
+
+def test_decode_takes_the_fast_tokenizers_own_decoder_and_gives_the_same_text(tiny):
+    from ppllm.lm.hf_support import fast_decoder
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        ids = [int(t) for t in rng.integers(0, tiny.vocab_size, size=int(rng.integers(1, 12)))]
+        assert fast_decoder(tiny.tokenizer, tiny.vocab_size)(ids) == tiny.tokenizer.decode(
+            ids, clean_up_tokenization_spaces=False)
+    assert tiny._decode_ids.__name__ == "fast"
+
+
+def test_broken_twin_a_backend_decoder_that_differs_is_not_taken(tiny):
+    """The choice can go the other way: a backend whose text differs keeps transformers' decode."""
+    from ppllm.lm.hf_support import fast_decoder
+
+    class Backend:
+        def decode(self, ids, skip_special_tokens=False):
+            return "!" + tiny.tokenizer.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    class Tokenizer:
+        backend_tokenizer = Backend()
+
+        def decode(self, ids, clean_up_tokenization_spaces=False):
+            return tiny.tokenizer.decode(ids, clean_up_tokenization_spaces=clean_up_tokenization_spaces)
+
+    decode = fast_decoder(Tokenizer(), tiny.vocab_size)
+    assert decode.__name__ == "slow" and decode([3, 4]) == tiny.tokenizer.decode([3, 4])

@@ -13,9 +13,7 @@ are, each at its particle's own uniform, and only (token, log q, log p) come bac
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from .base import LM, Context, SampleToken, TokenDraw, check_token_ids
+from .hf_support import fast_decoder, quiet_transformers, tf_version
 from .kv_cache import (
     KVStore,
     TrieNode,
@@ -103,6 +102,7 @@ class HFLM(LM):
         self._resident: ResidentBatch | None = None  # last round's batch buffers
         self._answer_budget = max(1, answer_cache_bytes // (8 * self.vocab_size))
         self._vocab_strings: list[str] | None = None
+        self._decode_ids = fast_decoder(tokenizer, min(self.vocab_size, len(tokenizer)))
         self.stats = {"forwards": 0, "rows": 0, "new_tokens": 0, "reused_tokens": 0, "answer_hits": 0,
                       "bytes_to_host": 0, "gathered": 0, "resident_in_place": 0, "resident_moved": 0,
                       "rows_copied": 0}
@@ -166,7 +166,7 @@ class HFLM(LM):
                 "(transformers has no AutoModelForCausalLM class for it)"
             )
         # `torch_dtype` became `dtype` in transformers 4.56.
-        dtype_kw = "dtype" if _tf_version() >= (4, 56) else "torch_dtype"
+        dtype_kw = "dtype" if tf_version() >= (4, 56) else "torch_dtype"
         with quiet_transformers():
             try:
                 model = AutoModelForCausalLM.from_pretrained(path, **opts, **{dtype_kw: dtype})
@@ -220,8 +220,7 @@ class HFLM(LM):
         """Text of `tokens`; stop tokens (EOS, end of turn) are left out."""
         check_token_ids(list(tokens), self.vocab_size, self.name)
         stops = self.eos_token_ids
-        return self.tokenizer.decode([int(t) for t in tokens if int(t) not in stops],
-                                     clean_up_tokenization_spaces=False)
+        return self._decode_ids([int(t) for t in tokens if int(t) not in stops])
 
     def vocab_strings(self) -> list[str]:
         """The text of every token id alone (for masks such as "tokens without an e")."""
@@ -563,30 +562,3 @@ class HFLM(LM):
 
     def __repr__(self) -> str:
         return f"HFLM({self.name!r}, vocab_size={self.vocab_size}, cached_tokens={self.cached_tokens})"
-
-
-def _tf_version() -> tuple[int, int]:
-    import transformers
-
-    major, minor = transformers.__version__.split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Any:
-    """transformers' weight-loading bar and notices off while a model loads (the user's own
-    settings come back after); `PPLLM_VERBOSE=1` (`ppllm --verbose`) keeps them."""
-    if os.environ.get("PPLLM_VERBOSE"):
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bar:
-            hf_logging.enable_progress_bar()
