@@ -467,10 +467,14 @@ class HFLM(LM):
         for _, _, node in plans:  # paths are kept on leaves only: O(depth) memory per branch
             if node.children and node.parent is not None:
                 node.path = node.buffer = None
-        if new_slots:  # new_pos: row b's position p as b * cap + p (S == 1: as b alone)
+        if new_slots and S == 1 and not ragged:  # new_pos: the rows b, all at position P
+            slots_t = torch.tensor(new_slots, dtype=torch.long, device=dev)
+            rows_t = None if len(new_pos) == B else torch.tensor(new_pos, dtype=torch.long, device=dev)
+            for pool, buf in ((kv.k, kfull), (kv.v, vfull)):
+                new = buf[:, :B, :, P] if rows_t is None else buf[:, :, :, P].index_select(1, rows_t)
+                pool.index_copy_(1, slots_t, new)  # (layers, rows, heads, head_dim) into their slots
+        elif new_slots:  # new_pos: row b's position p as b * cap + p
             bp = torch.tensor(new_pos, dtype=torch.long, device=dev).view(-1, 1)
-            if S == 1 and not ragged:
-                bp = bp * cap + P
             hs = torch.arange(heads, device=dev).view(1, heads)
             src = (bp // cap * (heads * cap) + hs * cap + bp % cap).reshape(-1)
             dst = (torch.tensor(new_slots, dtype=torch.long, device=dev).view(-1, 1) * heads + hs).reshape(-1)
