@@ -19,8 +19,9 @@ Same model, same prompt, N sequences of T new tokens each (EOS ignored everywher
 Throughput = N·T / wall seconds (prefill included on every side), CPU seconds beside;
 median of interleaved repeats. Also: bytes brought to the host per step (full float64
 rows vs drawn scalars), peak memory above the loaded model at N = 64, T = 64 with
-`kv_budget_tokens = 4096` (and at N = 8, T = 1024 with the default 32,768), and a profile of
-where ppllm's time goes.
+`kv_budget_tokens = 4096` (and at N = 8, T = 1024 with the default 32,768), a profile of
+where ppllm's time goes, one decode step's forward (transformers' against ppllm's own) and
+one round's draws at a 49k vocabulary (from the logits against the torch rows path).
 
     python -m benchmarks.lm_throughput            # full run; writes docs/benchmarks/
     python -m benchmarks.lm_throughput --quick    # < 1 minute on 2 cores, same code path
@@ -304,6 +305,35 @@ def forward_costs(name: str) -> list[dict[str, Any]]:
     return out
 
 
+def draw_costs(vocab: int, rows: int = 32) -> list[dict[str, Any]]:
+    """One round's draws from (rows, vocab) float32 logits: the CPU draw from the logits
+    against the torch path (float64 log-softmax, transform, inverse CDF), ms per call (median
+    of 5 x 10 calls), free and masked."""
+    import numpy as np
+    import torch
+
+    from ppllm.lm.token_draws import _draw_torch, draw_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(rows, vocab, generator=gen) * 3
+    mask = torch.rand(vocab, generator=gen) > 0.3
+    u = np.random.default_rng(0).random(rows)
+    out = []
+    for name, m in (("free", None), ("masked", mask)):
+        runs = {"from_logits": lambda m=m: draw_tokens(logits, u, 1.0, m),
+                "torch_rows": lambda m=m: _draw_torch(logits, u, 1.0, m, None)}
+        ms: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(5):
+            for k, f in runs.items():
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    f()
+                ms[k].append((time.perf_counter() - t0) / 10 * 1e3)
+        out.append({"vocab": vocab, "rows": rows, "draw": name, **{f"{k}_ms": statistics.median(x) for k, x in ms.items()}})
+        print(f"  draw {out[-1]}", flush=True)
+    return out
+
+
 MEMORY_SCRIPT = r"""
 import json, os, sys
 import torch
@@ -409,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     plan = QUICK if args.quick else FULL
-    results, notes, extras = [], [], {"profiles": [], "memory": [], "forward_ms": []}
+    results, notes, extras = [], [], {"profiles": [], "memory": [], "forward_ms": [], "draw_ms": []}
     start = time.perf_counter()
     for name in args.models.split(",") if args.memory != "only" else []:
         why = _available(name)
@@ -427,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quick and not args.sizes:
             extras["profiles"].append(profile(name, 32, 256 if name == "smollm2" else 256))
             extras["forward_ms"].extend(forward_costs(name))
+    if not args.quick and not args.sizes and args.memory != "only":
+        extras["draw_ms"].extend(draw_costs(49_152))  # SmolLM2's vocabulary, N = 32
     want_memory = args.memory == "only" or (args.memory == "default" and not args.quick and not args.sizes)
     if want_memory and "smollm2" in args.models and _available("smollm2") is None:
         # A 4,096-token budget at N = 64, T = 64; the default budget (32,768 tokens) at T = 1,024,
