@@ -272,6 +272,18 @@ def profile(name: str, n: int, t: int) -> dict[str, Any]:
             "top_own_time": [{"function": f, "seconds": s} for s, f in own[:12]]}
 
 
+def _interleaved_ms(runs: dict[str, Callable[[], Any]], calls: int, repeats: int = 5) -> dict[str, float]:
+    """`{name}_ms`: median over `repeats` interleaved rounds of the mean ms per call of `calls` calls."""
+    ms: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, f in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            ms[k].append((time.perf_counter() - t0) / calls * 1e3)
+    return {f"{k}_ms": statistics.median(x) for k, x in ms.items()}
+
+
 def forward_costs(name: str) -> list[dict[str, Any]]:
     """One decode step's forward on the same buffers: transformers' forward (through the
     backend's cache layer) against ppllm's own, ms per call (median of 5 x 50 calls)."""
@@ -292,15 +304,9 @@ def forward_costs(name: str) -> list[dict[str, Any]]:
         args = (ids, pos, None, k, v, p, 1)
         runs = {"transformers": lambda args=args: plain._model_forward(*args),
                 "native": lambda args=args: lm._native(*args)}
-        ms: dict[str, list[float]] = {m: [] for m in runs}
         with torch.no_grad():
-            for _ in range(5):
-                for m, f in runs.items():
-                    t0 = time.perf_counter()
-                    for _ in range(50):
-                        f()
-                    ms[m].append((time.perf_counter() - t0) / 50 * 1e3)
-        out.append({"model": name, "rows": b, "past": p, **{f"{m}_ms": statistics.median(x) for m, x in ms.items()}})
+            ms = _interleaved_ms(runs, calls=50)
+        out.append({"model": name, "rows": b, "past": p, **ms})
         print(f"  forward {out[-1]}", flush=True)
     return out
 
@@ -322,14 +328,7 @@ def draw_costs(vocab: int, rows: int = 32) -> list[dict[str, Any]]:
     for name, m in (("free", None), ("masked", mask)):
         runs = {"from_logits": lambda m=m: draw_tokens(logits, u, 1.0, m),
                 "torch_rows": lambda m=m: _draw_torch(logits, u, 1.0, m, None)}
-        ms: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(5):
-            for k, f in runs.items():
-                t0 = time.perf_counter()
-                for _ in range(10):
-                    f()
-                ms[k].append((time.perf_counter() - t0) / 10 * 1e3)
-        out.append({"vocab": vocab, "rows": rows, "draw": name, **{f"{k}_ms": statistics.median(x) for k, x in ms.items()}})
+        out.append({"vocab": vocab, "rows": rows, "draw": name, **_interleaved_ms(runs, calls=10)})
         print(f"  draw {out[-1]}", flush=True)
     return out
 

@@ -62,6 +62,8 @@ def test_a_mask_whose_tokens_all_underflow_still_draws_from_them() -> None:
     assert tok == [5 + int(ub * 35) for ub in u]
     np.testing.assert_allclose(log_q, -np.log(35), atol=1e-12)
     assert all(p < -1990 for p in log_p)
+    # the check can fail: a draw that lost the mask takes the 2000-nat tokens instead
+    assert draw_tokens(torch.from_numpy(x), u, 1.0, None)[0] != [5 + int(ub * 35) for ub in u]
 
 
 def test_an_empty_mask_and_a_nan_row_are_errors() -> None:
@@ -73,11 +75,24 @@ def test_an_empty_mask_and_a_nan_row_are_errors() -> None:
         draw_tokens(x, np.array([0.5, 0.5]))
 
 
+@pytest.mark.parametrize("vocab", [25, 5000], ids=["small", "blocked"])
 @pytest.mark.parametrize("u", [0.0, 1.0 - 2**-53])
-def test_extreme_uniforms_land_on_possible_tokens(u) -> None:
-    x = _logits(3, 16, 5000)
+def test_extreme_uniforms_land_on_possible_tokens(u, vocab) -> None:
+    x = _logits(3, 16, vocab)
+    x[:, -3:] = -np.inf  # the search clamps to the last index at u -> 1: it must step back
     tok, _, _ = draw_tokens(torch.from_numpy(x), np.full(16, u))
     assert np.isfinite(x[np.arange(16), tok]).all()
+
+
+def test_broken_twin_a_search_that_does_not_step_back_lands_on_an_impossible_token(monkeypatch) -> None:
+    def clamps_only(w, threshold):
+        return np.minimum((np.cumsum(w, axis=1) <= threshold[:, None]).sum(axis=1), w.shape[1] - 1)
+
+    monkeypatch.setattr(td, "_inverse_cdf", clamps_only)
+    x = _logits(3, 16, 25)
+    x[:, -3:] = -np.inf
+    tok, _, _ = draw_tokens(torch.from_numpy(x), np.full(16, 1.0 - 2**-53))
+    assert not np.isfinite(x[np.arange(16), tok]).all()
 
 
 def test_broken_twin_a_block_search_that_forgets_the_earlier_blocks_fails_the_check(monkeypatch) -> None:
