@@ -77,12 +77,21 @@ class Choice:
     latent: bool = False  # drawn from an ordinary (non-LM) distribution: a site MH can move
 
 
-@dataclass(frozen=True)
+def _sampled(address: str, value: Any, log_p: float, log_q: float, latent: bool) -> Choice:
+    """`Choice(address, value, log_p, log_q, latent=latent)` without the frozen dataclass's
+    per-field `__init__` (a third of the cost; this runs once per particle and token)."""
+    c = object.__new__(Choice)
+    c.__dict__.update(address=address, value=value, log_p=log_p, log_q=log_q, kind="sample", latent=latent)
+    return c
+
+
 class _TraceNode:
     """Persistent linked list of choices: clones share their common history for free."""
 
-    choice: Choice
-    parent: _TraceNode | None
+    __slots__ = ("choice", "parent")
+
+    def __init__(self, choice: Choice, parent: _TraceNode | None) -> None:
+        self.choice, self.parent = choice, parent
 
 
 @dataclass
@@ -225,7 +234,7 @@ class Program:
             logw = log_p - log_q if log_p != -math.inf else -math.inf
             if logw != logw or logw == math.inf:  # NaN or +inf: the message is built only then
                 self._add(logw, f"sample at {addr!r}")
-        pp.trace = _TraceNode(Choice(addr, draw.value, log_p, log_q, latent=not d.is_lm), pp.trace)
+        pp.trace = _TraceNode(_sampled(addr, draw.value, log_p, log_q, not d.is_lm), pp.trace)
         pp.n_choices += 1
         pp.step_logw += logw
         return draw.value

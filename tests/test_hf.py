@@ -17,6 +17,7 @@ import torch
 
 import ppllm
 from ppllm.lm import HFLM, Context
+from ppllm.lm.context import key_of
 from ppllm.lm.kv_cache import KVStore
 from ppllm.zoo import resolve
 from ppllm.zoo.char_tokenizer import save_tokenizer
@@ -167,7 +168,7 @@ def _smc_rows(lm, seed=1):
     def recording(contexts, **kw):
         rows = inner(contexts, **kw)  # logits, when a draw asked for them unnormalised
         lp = torch.log_softmax(rows.to(torch.float64), dim=-1)
-        seen.extend(zip(contexts, lp.numpy().copy(), strict=True))
+        seen.extend(zip((key_of(c)[0] for c in contexts), lp.numpy().copy(), strict=True))  # ids of keys
         return rows
 
     lm._next_rows = recording
@@ -222,8 +223,8 @@ def test_broken_twin_reusing_the_wrong_prefix_fails_the_check(tiny_dir):
     """A store that hands out another context's KV must be caught by the equality check."""
 
     class WrongPrefix(KVStore):
-        def longest_prefix(self, tokens, limit):
-            node = super().longest_prefix(tokens, limit)
+        def longest_prefix(self, tokens, limit, key=None):
+            node = super().longest_prefix(tokens, limit, key)
             # Any other cached node of the same depth: right length, wrong tokens.
             for other in self.index.values():
                 if other.depth == node.depth and other is not node:

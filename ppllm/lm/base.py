@@ -25,7 +25,7 @@ explicitly targets the tempered model.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,6 +35,7 @@ from ..distributions import Distribution, Draw
 from ..program import Shared
 from ..request import Request
 from ..rng import Rng, SeededRng, categorical_from_uniform
+from .context import Chunk, Context, ContextKey
 
 __all__ = [
     "check_token_ids",
@@ -53,45 +54,6 @@ __all__ = [
     "transform_logprobs",
     "draw_by_token",
 ]
-
-
-@dataclass(frozen=True)
-class Context:
-    """An immutable token sequence (prompt plus what was generated). Cheap to share."""
-
-    tokens: tuple[int, ...]
-
-    def extend(self, more: int | Iterable[int]) -> Context:
-        if type(more) is int:  # the common case first: one drawn token
-            return Context(self.tokens + (more,))
-        if isinstance(more, int | np.integer):
-            return Context(self.tokens + (int(more),))
-        if isinstance(more, Chunk):
-            return Context(self.tokens + more.tokens)
-        return Context(self.tokens + tuple(int(t) for t in more))
-
-    def __add__(self, more: int | Iterable[int]) -> Context:
-        return self.extend(more)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __deepcopy__(self, memo: dict) -> Context:
-        return self  # immutable: particles can share it
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A run of tokens sampled as one step, with its text."""
-
-    tokens: tuple[int, ...]
-    text: str
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __deepcopy__(self, memo: dict) -> Chunk:
-        return self
 
 
 class NextTokenLogprobs(Request):
@@ -187,23 +149,26 @@ class SampleToken(Request):
     backend can keep the logits where they are (an accelerator) and draw there.
     """
 
-    __slots__ = ("backend", "tokens", "dist", "u")
+    __slots__ = ("backend", "tokens", "dist", "u", "context")
 
     tokens_cost = 1
 
-    def __init__(self, lm: LM, tokens: tuple[int, ...], dist: _Sampling, u: float) -> None:
+    def __init__(self, lm: LM, tokens: tuple[int, ...], dist: _Sampling, u: float,
+                 context: ContextKey | None = None) -> None:
         self.backend = lm
         self.tokens = tokens
         self.dist = dist
         self.u = float(u)
+        # hashed once: the engine's keys, the backend's rows and its trie all use it
+        self.context = context if context is not None else ContextKey(tokens)
 
     def key(self) -> Hashable:
         d = self.dist
         mask = None if d.mask is None else id(d.mask)
-        return ("draw", self.tokens, d.temperature, d.top_p, mask, self.u)
+        return ("draw", self.context, d.temperature, d.top_p, mask, self.u)
 
     def cost_key(self) -> Hashable:
-        return ("next", self.tokens)  # draws after one context share its forward
+        return ("next", self.context)  # draws after one context share its forward
 
 
 def draw_from_rows(requests: Sequence[SampleToken], rows: Sequence[np.ndarray]) -> list[TokenDraw]:
@@ -457,7 +422,8 @@ class NextToken(_Sampling, Distribution):
 
     async def sample(self, rng: Rng) -> Draw:
         if isinstance(rng, SeededRng):  # the backend draws at this particle's uniform
-            got: TokenDraw = await SampleToken(self.lm, self.ctx.tokens, self, rng.random())
+            ctx = self.ctx
+            got: TokenDraw = await SampleToken(self.lm, ctx.tokens, self, rng.random(), ctx.key())
             return Draw(got.token, got.log_q, {"model_log_prob": got.log_p, "source": self._src()})
         base = await NextTokenLogprobs(self.lm, self.ctx.tokens)  # e.g. the exact oracle's Rng
         lq = self.transform(base)
@@ -515,9 +481,12 @@ class ChunkDistribution(_Sampling, Distribution):
         tokens: tuple[int, ...] = ()
         log_q = log_p = 0.0
         seeded = isinstance(rng, SeededRng)
+        key = self.ctx.key() if seeded else None
         while True:
             if seeded:  # drawn by the backend at this particle's uniform
-                got: TokenDraw = await SampleToken(self.lm, self.ctx.tokens + tokens, self, rng.random())
+                if tokens:  # each draw's key knows the last one's: the backend's lookup is O(1)
+                    key = ContextKey(self.ctx.tokens + tokens, key)
+                got: TokenDraw = await SampleToken(self.lm, key.tokens, self, rng.random(), key)
                 tok, lq_tok, lp_tok = got.token, got.log_q, got.log_p
             else:
                 base = await NextTokenLogprobs(self.lm, self.ctx.tokens + tokens)
@@ -530,6 +499,8 @@ class ChunkDistribution(_Sampling, Distribution):
             if self._stops_after(tokens):
                 break
         chunk = Chunk(tokens, self.lm.decode(tokens))
+        if key is not None:
+            chunk.__dict__["_last_key"] = key  # `ctx + chunk` extends this draw's context
         return Draw(chunk, log_q, {"model_log_prob": log_p, "source": self._src()})
 
     async def log_prob(self, value: Chunk) -> float:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .base import LM, Context, SampleToken, TokenDraw, check_token_ids
+from .context import ContextKey, key_of
 from .hf_support import fast_decoder, quiet_transformers, tf_version
 from .kv_cache import (
     KVStore,
@@ -37,6 +38,9 @@ from .resident import ResidentBatch
 from .token_draws import DeviceMasks, draw_tokens
 
 __all__ = ["HFLM", "DEFAULT_KV_BUDGET_TOKENS", "DEFAULT_KV_BUDGET_BYTES"]
+
+# A forward's row: (tokens, keep_from, deepest cached node, what the trie indexes the row by)
+Plan = tuple[tuple[int, ...], int, "TrieNode", Any]
 
 DEFAULT_KV_BUDGET_TOKENS = 32_768
 # Small models get more tokens by default: as many as this many bytes of K/V hold.
@@ -271,8 +275,8 @@ class HFLM(LM):
         """Draw each request's token where the logits are (the model's device): temperature,
         mask, top-p and the inverse-CDF draw at the particle's uniform run batched there, and
         only (token, log q, log p) come back to the host."""
-        where: dict[tuple[int, ...], int] = {}
-        row_of = [where.setdefault(r.tokens, len(where)) for r in requests]
+        where: dict[ContextKey, int] = {}
+        row_of = [where.setdefault(r.context, len(where)) for r in requests]  # hashed once, at the request
         rows = self._next_rows(list(where), remember=False, normalised=False)
         out: list[TokenDraw | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
@@ -291,7 +295,7 @@ class HFLM(LM):
                 out[i] = TokenDraw(t, q, p)
         return out  # type: ignore[return-value]
 
-    def _next_rows(self, contexts: list[tuple[int, ...]], remember: bool = True,
+    def _next_rows(self, contexts: list[tuple[int, ...]] | list[ContextKey], remember: bool = True,
                    normalised: bool = True) -> torch.Tensor:
         """(len(contexts), V) float64 next-token log-probabilities on the model's device;
         distinct contexts expected. Remembered answers are reused, the rest is one forward
@@ -356,10 +360,13 @@ class HFLM(LM):
             out.extend(lp[b, keep - need[b] :] for b in range(len(need)))
         return out
 
-    def _run_batches(self, rows: list[tuple[tuple[int, ...], int]]) -> list[tuple[torch.Tensor, list[int]]]:
-        """Forward passes over (tokens, keep_from) rows, within `max_batch_positions` each:
-        per pass, float32 logits (B, keep, V) on the device and each row's positions needed."""
-        for tokens, keep in rows:
+    def _run_batches(self, rows: list[tuple[Any, int]]) -> list[tuple[torch.Tensor, list[int]]]:
+        """Forward passes over (tokens or their ContextKey, keep_from) rows, within
+        `max_batch_positions` each: per pass, float32 logits (B, keep, V) on the device and
+        each row's positions needed."""
+        plans = []
+        for ids, keep in rows:
+            tokens, full = key_of(ids)
             if keep < 0:
                 raise ValueError(
                     f"{self.name} needs at least one context token before predicting "
@@ -367,7 +374,7 @@ class HFLM(LM):
                 )
             if len(tokens) > self.max_positions:
                 raise ValueError(f"context of {len(tokens)} tokens exceeds {self.name}'s {self.max_positions} positions")
-        plans = [(tokens, keep, self._kv.longest_prefix(tokens, keep)) for tokens, keep in rows]
+            plans.append((tokens, keep, self._kv.longest_prefix(tokens, keep, full), full))
         out: list[tuple[torch.Tensor, list[int]]] = []
         batch: list = []
         cost = 0
@@ -375,7 +382,7 @@ class HFLM(LM):
         # is at most the pool plus half as much again (plus the round's logits).
         limit = min(self.max_batch_positions, self._kv.working)
         for plan in plans:
-            tokens, _, node = plan
+            tokens = plan[0]
             width = len(tokens)
             if batch and (len(batch) + 1) * max(cost, width) > limit:
                 out.append(self._forward(batch))
@@ -388,16 +395,16 @@ class HFLM(LM):
         return out
 
     @torch.no_grad()
-    def _forward(self, plans: list[tuple[tuple[int, ...], int, TrieNode]]) -> tuple[torch.Tensor, list[int]]:
+    def _forward(self, plans: list[Plan]) -> tuple[torch.Tensor, list[int]]:
         kv = self._kv
         dev = self.device
         B = len(plans)
-        S = max(len(tokens) - node.depth for tokens, _, node in plans)
+        S = max(len(tokens) - node.depth for tokens, _, node, _ in plans)
         kfull, vfull, P, order = self._past_buffers(plans, S)
         if order is not None:  # the batch runs in the resident rows' order
             plans = [plans[j] for j in order]
-        past = [node.depth for _, _, node in plans]
-        need = [len(tokens) - keep for tokens, keep, _ in plans]
+        past = [node.depth for _, _, node, _ in plans]
+        need = [len(tokens) - keep for tokens, keep, _, _ in plans]
         n_layers, heads, dim = kv.shape
         kbuf, vbuf = kfull[:, :B], vfull[:, :B]
         cap = kfull.shape[3]
@@ -405,10 +412,10 @@ class HFLM(LM):
             suffix = None
             lens = [1] * B
             ragged = any(p != P for p in past)
-            ids_np = np.fromiter((tokens[-1] for tokens, _, _ in plans), dtype=np.int64, count=B).reshape(B, 1)
+            ids_np = np.fromiter((tokens[-1] for tokens, _, _, _ in plans), dtype=np.int64, count=B).reshape(B, 1)
             pos_np = np.array(past, dtype=np.int64).reshape(B, 1)
         else:
-            suffix = [tokens[d:] for (tokens, _, _), d in zip(plans, past, strict=True)]
+            suffix = [tokens[d:] for (tokens, _, _, _), d in zip(plans, past, strict=True)]
             lens = [len(s) for s in suffix]
             ragged = any(p != P for p in past) or any(n != S for n in lens)
             ids_np = np.zeros((B, S), dtype=np.int64)
@@ -440,8 +447,8 @@ class HFLM(LM):
         if S == 1 and not ragged:  # one token per row, all at position P
             slots = kv.alloc(B)
             insert_one = kv.insert_one
-            for b, ((tokens, _, node), slot) in enumerate(zip(plans, slots, strict=True)):
-                child = insert_one(node, tokens[-1], slot, tokens)
+            for b, ((tokens, _, node, full), slot) in enumerate(zip(plans, slots, strict=True)):
+                child = insert_one(node, tokens[-1], slot, full)
                 if child is None:
                     kv.free.append(slot)
                     lasts.append(node.children[tokens[-1]])
@@ -451,10 +458,10 @@ class HFLM(LM):
                     lasts.append(child)
         else:
             if suffix is None:
-                suffix = [tokens[-1:] for tokens, _, _ in plans]
-            for b, ((tokens, _, node), suf) in enumerate(zip(plans, suffix, strict=True)):
+                suffix = [tokens[-1:] for tokens, _, _, _ in plans]
+            for b, ((_, _, node, full), suf) in enumerate(zip(plans, suffix, strict=True)):
                 slots = kv.alloc(len(suf))
-                last, used = kv.insert(node, suf, slots, tokens)
+                last, used = kv.insert(node, suf, slots, full)
                 taken = set(used)
                 kv.free.extend(s for s in slots if s not in taken)
                 if used:
@@ -462,9 +469,9 @@ class HFLM(LM):
                     where = {s: start + j for j, s in enumerate(slots)}
                     new_pos.extend(b * cap + where[s] for s in used)
                     new_slots.extend(used)
-                kv.touch(last, tokens)
+                kv.touch(last, full)
                 lasts.append(last)
-        for _, _, node in plans:  # paths are kept on leaves only: O(depth) memory per branch
+        for _, _, node, _ in plans:  # paths are kept on leaves only: O(depth) memory per branch
             if node.children and node.parent is not None:
                 node.path = node.buffer = None
         if new_slots and S == 1 and not ragged:  # new_pos: the rows b, all at position P
@@ -510,7 +517,7 @@ class HFLM(LM):
         return logits
 
     def _past_buffers(
-        self, plans: list[tuple[tuple[int, ...], int, TrieNode]], S: int
+        self, plans: list[Plan], S: int
     ) -> tuple[torch.Tensor, torch.Tensor, int, list[int] | None]:
         """K and V buffers (layers, >= B rows, heads, >= P + S positions, head_dim) whose
         first B rows hold each row's past right-aligned at position P; P; and the batch order
@@ -525,7 +532,7 @@ class HFLM(LM):
         n_layers, heads, dim = kv.shape
         res = self._resident
         if res is not None:
-            arrangement = res.arrange([node for _, _, node in plans])
+            arrangement = res.arrange([node for _, _, node, _ in plans])
             if arrangement is not None and res.fits(arrangement, res.end + S):
                 P = res.end
                 k, v = res.apply(arrangement)
@@ -540,7 +547,7 @@ class HFLM(LM):
         more_rows = res is None or len(plans) > res.rows
         self._resident = res = None
         self.stats["gathered"] += 1
-        past = [node.depth for _, _, node in plans]
+        past = [node.depth for _, _, node, _ in plans]
         P = max(past)
         B, W = len(plans), P + S
         # Room to grow in place, within the budget: positions by half, rows by as many again
@@ -548,7 +555,7 @@ class HFLM(LM):
         rows_cap = max(B, min(2 * B, kv.working // W)) if more_rows else B
         cap = max(W, min(W + max(32, W // 2), kv.working // rows_cap))
         idx = np.zeros((B, W), dtype=np.int64)
-        for b, (_, _, node) in enumerate(plans):
+        for b, (_, _, node, _) in enumerate(plans):
             if past[b]:
                 idx[b, P - past[b] : P] = kv.path_of(node)
         # Pool rows are (slot, head) pairs, so gathering them in (row, head, position) order

@@ -33,7 +33,7 @@ class TrieNode:
         self.depth = depth
         self.path: np.ndarray | None = None  # slots root→self, kept on leaves only
         self.buffer: _PathBuffer | None = None  # the array `path` is a prefix of
-        self.key: tuple[int, ...] | None = None  # full context, for leaves in the index
+        self.key: Any = None  # full context (tuple or ContextKey), for leaves in the index
 
 
 class _PathBuffer:
@@ -84,7 +84,8 @@ class KVStore:
         self.root = TrieNode(-1, None, -1, 0)
         self.root.path = np.zeros(0, dtype=np.int64)
         self.leaves: OrderedDict[TrieNode, None] = OrderedDict()  # oldest first
-        self.index: dict[tuple[int, ...], TrieNode] = {}  # full context of each leaf → leaf
+        # full context of each leaf (a tuple, or its ContextKey: they are equal) → leaf
+        self.index: dict[Any, TrieNode] = {}
         self.free: list[int] = []
         self.capacity = 0
         self.k = self.v = torch.zeros(0)
@@ -117,10 +118,16 @@ class KVStore:
         return out
 
     # ---------------------------------------------------------------- lookup
-    def longest_prefix(self, tokens: tuple[int, ...], limit: int) -> TrieNode:
-        """The deepest cached node on `tokens`' path with depth <= limit."""
+    def longest_prefix(self, tokens: tuple[int, ...], limit: int, key: Any = None) -> TrieNode:
+        """The deepest cached node on `tokens`' path with depth <= limit. `key`: the
+        tokens' `ContextKey`, whose parent (the context they extend) is found by its own hash."""
         if limit <= 0:
             return self.root
+        parent = getattr(key, "parent", None)
+        if parent is not None and len(parent.tokens) == limit:
+            node = self.index.get(parent)
+            if node is not None:
+                return node
         # The common case: last round's context (a leaf) plus one token. One hash, no walk.
         node = self.index.get(tokens[:limit])
         if node is not None:
@@ -148,7 +155,7 @@ class KVStore:
 
     # ---------------------------------------------------------------- insert / evict
     def insert(
-        self, start: TrieNode, tokens: Sequence[int], slots: Sequence[int], full: tuple[int, ...]
+        self, start: TrieNode, tokens: Sequence[int], slots: Sequence[int], full: Any
     ) -> tuple[TrieNode, list[int]]:
         """Add `tokens` below `start`, taking `slots` for new nodes; return (last node, slots used).
 
@@ -174,7 +181,7 @@ class KVStore:
             self._leaf(node, full)
         return node, used
 
-    def insert_one(self, start: TrieNode, token: int, slot: int, full: tuple[int, ...]) -> TrieNode | None:
+    def insert_one(self, start: TrieNode, token: int, slot: int, full: Any) -> TrieNode | None:
         """`insert` of one token (the common round), touching the new leaf: the new node, or
         None when the token was already there (computed twice in one batch; `slot` unused)."""
         if token in start.children:
@@ -189,7 +196,7 @@ class KVStore:
         self._leaf(child, full)
         return child
 
-    def touch(self, node: TrieNode, full: tuple[int, ...]) -> None:
+    def touch(self, node: TrieNode, full: Any) -> None:
         if node in self.leaves:
             self.leaves.move_to_end(node)
             if node.key != full:
@@ -198,7 +205,7 @@ class KVStore:
                 node.key = full
                 self.index[full] = node
 
-    def _leaf(self, node: TrieNode, full: tuple[int, ...]) -> None:
+    def _leaf(self, node: TrieNode, full: Any) -> None:
         node.key = full
         self.index[full] = node
         if node in self.leaves:
@@ -233,7 +240,16 @@ class KVStore:
                 self.leaves.move_to_end(parent, last=False)
 
     def clear(self) -> None:
-        self.__init__(*self.shape, self.dtype, self.device, self.budget)  # type: ignore[misc]
+        """Forget every cached token, keeping the pool's memory: its pages are already
+        resident, and a fresh pool would fault each one in again as slots are written
+        (a tenth of a short run's time on the CPU)."""
+        self.root = TrieNode(-1, None, -1, 0)
+        self.root.path = np.zeros(0, dtype=np.int64)
+        self.leaves = OrderedDict()
+        self.index = {}
+        self.free = list(range(self.capacity - 1, 0, -1))
+        self.n_cached = 0
+        self.evictions = 0
 
 
 _BUFFER_LAYER: Any = None

@@ -89,10 +89,12 @@ class ResidentBatch:
         return len(arrangement.order) <= self.row_capacity and positions_needed <= self.position_capacity
 
     def apply(self, arrangement: Arrangement) -> tuple[torch.Tensor, torch.Tensor]:
-        """The buffers with the arrangement's copies done (one row each)."""
+        """The buffers with the arrangement's copies done (one row each, its filled positions
+        only: the spare capacity beyond `end` is written by the next forward before it is read)."""
         if arrangement.copies:
             src = torch.tensor([s for s, _ in arrangement.copies], dtype=torch.long, device=self.k.device)
             dst = torch.tensor([d for _, d in arrangement.copies], dtype=torch.long, device=self.k.device)
             for buf in (self.k, self.v):
-                buf.index_copy_(1, dst, buf.index_select(1, src))
+                filled = buf[:, :, :, : self.end]
+                filled.index_copy_(1, dst, filled.index_select(1, src))
         return self.k, self.v
