@@ -449,3 +449,13 @@ def test_broken_twin_a_backend_decoder_that_differs_is_not_taken(tiny):
 
     decode = fast_decoder(Tokenizer(), tiny.vocab_size)
     assert decode.__name__ == "slow" and decode([3, 4]) == tiny.tokenizer.decode([3, 4])
+
+
+def test_clearing_the_cache_keeps_the_pool_and_still_answers_right(tiny):
+    base = tiny.context(PROMPT).tokens
+    tiny.logprobs([base + (1,), base + (2,)])
+    pool = tiny._kv.k
+    tiny.clear_cache()
+    assert tiny._kv.k is pool and tiny.cached_tokens == 0 and not tiny._kv.index
+    assert len(tiny._kv.free) == tiny._kv.capacity - 1  # every slot but the zero dummy
+    assert max_error(tiny, [base + (3,), base + (1, 4)]) < TOL

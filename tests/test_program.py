@@ -12,7 +12,7 @@ import ppllm
 from ppllm.distributions import Categorical, Distribution, Draw
 from ppllm.exact import enumerate_program
 from ppllm.kernels.importance import run_to_end
-from ppllm.program import run_step
+from ppllm.program import Choice, run_step
 from ppllm.request import answer_now
 from ppllm.rng import SeededRng
 
@@ -195,3 +195,24 @@ def test_pyro_and_numpyro_distributions_draw_through_the_particle_rng() -> None:
     vals = [[(p.a, p.b, p.c, p.d) for p in r.particles] for r in runs]
     assert vals[0] == vals[1]
     assert all(math.isfinite(float(v)) for row in vals[0] for v in row)
+
+
+def test_the_fast_sample_record_equals_the_choice_constructor_field_for_field():
+    """`_sampled` builds a `Choice` without its frozen `__init__`; it must set every field,
+    so a field added to `Choice` cannot be silently missing from the records."""
+    import dataclasses
+
+    from ppllm.program import _sampled
+
+    fast = _sampled("3/1", 7, -0.5, -0.25, True)
+    want = Choice("3/1", 7, -0.5, -0.25, latent=True)
+    assert fast == want and hash(fast) == hash(want) and repr(fast) == repr(want)
+    assert set(vars(fast)) == {f.name for f in dataclasses.fields(Choice)}
+
+
+def test_broken_twin_a_record_missing_a_field_fails_the_field_check():
+    import dataclasses
+
+    fast = object.__new__(Choice)
+    fast.__dict__.update(address="3/1", value=7, log_p=-0.5, log_q=-0.25, latent=True)  # no kind
+    assert set(vars(fast)) != {f.name for f in dataclasses.fields(Choice)}
