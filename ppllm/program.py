@@ -59,10 +59,14 @@ REDRAW = _Redraw()
 
 
 class Shared:
-    """Mixin for objects that particles share instead of copying (LMs, reward models)."""
+    """Mixin for objects that particles share instead of copying (LMs, reward models,
+    immutable values such as contexts)."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Shared:
         return self
+
+
+_ATOMS = frozenset({int, float, bool, str, bytes, type(None), complex})  # immutable: never copied
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,15 @@ class _ParticleState:
     # Never copied by `clone`: a kernel installs it per particle and step.
     policy: Any = None
 
+    def copied(self) -> _ParticleState:
+        """The state a clone starts from: everything but the step's weight, the stream and
+        the policy (those belong to a running step), with its own `extras`."""
+        new = object.__new__(_ParticleState)
+        d = dict(self.__dict__)
+        d["step_logw"], d["rng"], d["policy"], d["extras"] = 0.0, None, None, dict(self.extras)
+        new.__dict__.update(d)
+        return new
+
 
 _STATE = "_ppllm"
 
@@ -157,10 +170,15 @@ class Program:
         state = self._pp
         new = object.__new__(type(self))
         user = {k: v for k, v in self.__dict__.items() if k != _STATE}
-        # read-only arrays (a token mask, a table) are constants: shared, not copied
-        memo = {id(v): v for v in user.values() if isinstance(v, np.ndarray) and not v.flags.writeable}
+        # Atoms and `Shared` objects (LMs, contexts) are taken as they are, without a trip
+        # through deepcopy's dispatch (a clone per duplicate on every resampling); read-only
+        # arrays (a token mask, a table) are constants: shared, not copied.
+        kept = {k: v for k, v in user.items() if type(v) in _ATOMS or isinstance(v, Shared)}
+        rest = {k: v for k, v in user.items() if k not in kept}
+        memo = {id(v): v for v in rest.values() if isinstance(v, np.ndarray) and not v.flags.writeable}
         try:
-            new.__dict__.update(copy.deepcopy(user, memo))
+            copied = copy.deepcopy(rest, memo) if rest else rest
+            new.__dict__.update({k: kept[k] if k in kept else copied[k] for k in user})
         except Exception as e:  # name the attribute: deepcopy's own error does not
             name = _uncopyable(user, memo)
             raise TypeError(
@@ -168,16 +186,7 @@ class Program:
                 f"copied on resampling, so wrap what they share in ppllm.Shared (LMs and reward models are "
                 f"already)" if name else f"cannot copy {type(self).__name__}: {e}"
             ) from e
-        new.__dict__[_STATE] = _ParticleState(
-            trace=state.trace,
-            n_choices=state.n_choices,
-            twist=state.twist,
-            finished=state.finished,
-            t=state.t,
-            counter=state.counter,
-            replay=state.replay,
-            extras=dict(state.extras),
-        )
+        new.__dict__[_STATE] = state.copied()
         return new
 
     def _add(self, logw: float, what: str) -> None:

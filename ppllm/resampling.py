@@ -74,7 +74,9 @@ def stratified(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
 def systematic(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
     """One uniform shared by all strata: points (j + U)/n."""
     cdf = _cdf(W)
-    cuts = [np.unique(np.concatenate([_in_unit(n * cdf[:-1] - j) for j in range(n)]))]
+    # every stratum's cuts at once: row j is n·cdf − j (the same floats as one row at a time)
+    strata = (n * cdf[:-1])[None, :] - np.arange(n, dtype=np.float64)[:, None]
+    cuts = [np.unique(_in_unit(strata.reshape(-1)))]
     u = (np.arange(n) + rng.uniform(1, cuts)[0]) / n
     return _locate(cdf, u, W)
 

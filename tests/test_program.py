@@ -216,3 +216,19 @@ def test_broken_twin_a_record_missing_a_field_fails_the_field_check():
     fast = object.__new__(Choice)
     fast.__dict__.update(address="3/1", value=7, log_p=-0.5, log_q=-0.25, latent=True)  # no kind
     assert set(vars(fast)) != {f.name for f in dataclasses.fields(Choice)}
+
+
+def test_a_clone_state_keeps_the_particle_and_drops_the_running_step():
+    """`_ParticleState.copied` (what `clone` starts from): every field kept but the step's
+    weight, stream and policy, with an `extras` of its own."""
+    import dataclasses
+
+    from ppllm.program import _ParticleState
+
+    running = _ParticleState(trace=None, n_choices=3, twist=0.5, finished=True, step_logw=2.0, t=4,
+                             counter=2, rng=object(), replay={"a": 1}, extras={"x": 1}, policy=object())
+    got = running.copied()
+    assert got == _ParticleState(trace=None, n_choices=3, twist=0.5, finished=True, t=4, counter=2,
+                                 replay={"a": 1}, extras={"x": 1})
+    assert got.extras is not running.extras
+    assert set(vars(got)) == {f.name for f in dataclasses.fields(_ParticleState)}

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..program import Shared
+
 __all__ = ["Chunk", "Context", "ContextKey", "key_of"]
 
 
@@ -63,7 +65,7 @@ def key_of(tokens: Any) -> tuple[tuple[int, ...], Any]:
 
 
 @dataclass(frozen=True)
-class Context:
+class Context(Shared):
     """An immutable token sequence (prompt plus what was generated). Cheap to share."""
 
     tokens: tuple[int, ...]
@@ -104,12 +106,10 @@ class Context:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def __deepcopy__(self, memo: dict) -> Context:
-        return self  # immutable: particles can share it
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Chunk(Shared):
     """A run of tokens sampled as one step, with its text."""
 
     tokens: tuple[int, ...]
@@ -118,8 +118,6 @@ class Chunk:
     def __str__(self) -> str:
         return self.text
 
-    def __deepcopy__(self, memo: dict) -> Chunk:
-        return self
 
     def __reduce__(self) -> tuple:  # pickles as its fields alone
         return (Chunk, (self.tokens, self.text))
