@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import weakref
 
 import numpy as np
 import pytest
@@ -54,8 +55,13 @@ def test_contexts_and_chunks_pickle_as_their_values():
     back = pickle.loads(pickle.dumps(child))
     assert back == child and "_parent_key" not in back.__dict__
     chunk = Chunk((4, 5), "45")
-    chunk.__dict__["_last_key"] = ContextKey((1, 2, 3, 4))
+    last = ContextKey((1, 2, 3, 4))
+    chunk.__dict__["_last_key"] = weakref.ref(last)
     assert pickle.loads(pickle.dumps(chunk)).__dict__ == {"tokens": (4, 5), "text": "45"}
+    assert (Context((1, 2, 3)) + chunk).__dict__["_parent_key"] is last  # (1, 2, 3) + (4, 5) extends (1, 2, 3, 4)
+    gone = Chunk((6,), "6")
+    gone.__dict__["_last_key"] = weakref.ref(ContextKey((1, 2)))  # its key already collected
+    assert "_parent_key" not in (Context((1, 2)) + gone).__dict__
 
 
 def test_a_key_is_made_once_per_context_and_knows_its_parent():

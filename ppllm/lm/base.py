@@ -25,6 +25,7 @@ explicitly targets the tempered model.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -500,7 +501,9 @@ class ChunkDistribution(_Sampling, Distribution):
                 break
         chunk = Chunk(tokens, self.lm.decode(tokens))
         if key is not None:
-            chunk.__dict__["_last_key"] = key  # `ctx + chunk` extends this draw's context
+            # `ctx + chunk` extends this draw's context. A weak reference: the trie's leaf
+            # holds the key while it is cached, and a chunk kept in a trace holds nothing.
+            chunk.__dict__["_last_key"] = weakref.ref(key)
         return Draw(chunk, log_q, {"model_log_prob": log_p, "source": self._src()})
 
     async def log_prob(self, value: Chunk) -> float:

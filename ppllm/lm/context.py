@@ -30,7 +30,7 @@ __all__ = ["Chunk", "Context", "ContextKey", "key_of"]
 class ContextKey:
     """Token ids (`tokens`, a tuple) with `hash(tokens)` kept, and the key they extend."""
 
-    __slots__ = ("tokens", "hash", "parent")
+    __slots__ = ("tokens", "hash", "parent", "__weakref__")
 
     def __init__(self, tokens: tuple[int, ...], parent: ContextKey | None = None) -> None:
         self.tokens = tokens
@@ -81,7 +81,8 @@ class Context(Shared):
             parent = self.__dict__.get("_key")
         elif isinstance(more, Chunk):
             new = Context(self.tokens + more.tokens)
-            parent = more.__dict__.pop("_last_key", None)  # the key of the chunk's last draw (once)
+            ref = more.__dict__.pop("_last_key", None)  # the key of the chunk's last draw (once)
+            parent = ref() if ref is not None else None
         else:
             return Context(self.tokens + tuple(int(t) for t in more))
         if parent is not None:
