@@ -16,13 +16,13 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from test_hf import _Hot
 
 import ppllm
 from ppllm.lm import HFLM, Context
 from ppllm.lm.base import Chunk
 from ppllm.lm.context import ContextKey, key_of
 from ppllm.lm.kv_cache import KVStore
-from ppllm.zoo import resolve
 
 PROMPT = "Q: 37+48+19=\n"
 
@@ -74,28 +74,6 @@ def test_a_key_is_made_once_per_context_and_knows_its_parent():
 
 
 # ---------------------------------------------------------------------- the trie's hint
-@pytest.fixture(scope="module")
-def tiny_dir():
-    try:
-        return resolve("tiny-arith")
-    except FileNotFoundError:
-        pytest.skip("tiny-arith weights are not built")
-
-
-class _Hot(ppllm.Program):
-    """Hot token draws with a potential (resampling duplicates and drops particles)."""
-
-    def __init__(self, lm, ctx, n):
-        self.lm, self.ctx, self.n = lm, ctx, n
-
-    async def step(self):
-        tok = await self.sample(self.lm.next_token(self.ctx, temperature=6.0))
-        self.ctx = self.ctx + tok
-        self.factor(-1.0 * (tok % 3))
-        if len(self.ctx) >= self.n:
-            self.finish()
-
-
 class _Chunks(_Hot):
     async def step(self):
         piece = await self.sample(self.lm.chunk(self.ctx, max_tokens=3, temperature=6.0))
