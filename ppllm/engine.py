@@ -111,15 +111,16 @@ class Engine:
             else:
                 asked.append(s)
         groups = list(by_backend.values())
-        for _, _, unique, _ in groups:
-            # what the backends evaluate: draws after one context share its forward
-            costs = {r.cost_key(): r.tokens_cost for r in unique}
-            self.stats.unique_requests += len(costs)
-            self.stats.tokens += sum(costs.values())
         if self.shared is not None:
             results = self.shared.answer([(g[0], g[2]) for g in groups])
         else:
             results = answer_groups([(g[0], g[2]) for g in groups], self.max_batch)
+        for _, _, unique, _ in groups:
+            # What the backends evaluated: draws after one context share its forward. Counted
+            # after answering: a chunk drawn on the backend's side learns its cost there.
+            costs = {r.cost_key(): r.tokens_cost for r in unique}
+            self.stats.unique_requests += len(costs)
+            self.stats.tokens += sum(costs.values())
         for (_, _, _, askers), (got, calls) in zip(groups, results, strict=True):
             self.stats.lm_calls += calls
             for asked, res in zip(askers, got, strict=True):

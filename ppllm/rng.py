@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = [
     "Rng", "SeededRng", "as_rng", "categorical_from_uniform", "children_of", "key_to_ints", "mix64", "stream_key",
-    "uniforms_of",
+    "uniforms_at", "uniforms_of",
 ]
 
 
@@ -209,6 +209,12 @@ def uniforms_of(rngs: Sequence[SeededRng]) -> np.ndarray:
     counters = np.fromiter((r.counter + 1 for r in rngs), dtype=np.uint64, count=len(rngs))
     for r in rngs:
         r.counter += 1
+    return uniforms_at(states, counters)
+
+
+def uniforms_at(states: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    """Draw number `counters[i]` of the stream with state `states[i]` (uint64 arrays), as
+    uniforms: what `random()` returns when a stream's counter reaches that number."""
     z = mix64_array(states + counters * np.uint64(_STREAM))
     return (z >> np.uint64(11)).astype(np.float64) * _U53
 

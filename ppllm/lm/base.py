@@ -26,17 +26,28 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..distributions import Distribution, Draw
 from ..program import Shared
 from ..request import Request
-from ..rng import Rng, SeededRng, categorical_from_uniform
+from ..rng import Rng, SeededRng, uniforms_at
 from .context import Chunk, Context, ContextKey
+from .requests import (
+    ChunkDraw,
+    ChunkSample,
+    ContinuationLogprobs,
+    DrawChunk,
+    NextTokenLogprobs,
+    SampleChunk,
+    SampleToken,
+    ScoreTokens,
+    TokenDraw,
+    draw_from_rows,
+)
 
 __all__ = [
     "check_token_ids",
@@ -47,139 +58,17 @@ __all__ = [
     "ChunkDistribution",
     "NextTokenLogprobs",
     "ContinuationLogprobs",
+    "ChunkDraw",
     "ChunkSample",
+    "DrawChunk",
     "SampleChunk",
     "SampleToken",
     "ScoreTokens",
     "TokenDraw",
+    "draw_from_rows",
     "transform_logprobs",
     "draw_by_token",
 ]
-
-
-class NextTokenLogprobs(Request):
-    """Next-token log-probabilities after `tokens` (a float64 vector over the vocabulary)."""
-
-    __slots__ = ("backend", "tokens")
-
-    tokens_cost = 1
-
-    def __init__(self, lm: LM, tokens: tuple[int, ...]) -> None:
-        self.backend = lm
-        self.tokens = tokens
-
-    def key(self) -> Hashable:
-        return ("next", self.tokens)
-
-
-class ContinuationLogprobs(Request):
-    """Log-probability vectors at each position of `continuation` after `tokens`: shape (L, V)."""
-
-    __slots__ = ("backend", "tokens", "continuation", "tokens_cost")
-
-    def __init__(self, lm: LM, tokens: tuple[int, ...], continuation: tuple[int, ...]) -> None:
-        self.backend = lm
-        self.tokens = tokens
-        self.continuation = continuation
-        self.tokens_cost = len(continuation)
-
-    def key(self) -> Hashable:
-        return ("cont", self.tokens, self.continuation)
-
-
-@dataclass(frozen=True)
-class ChunkSample:
-    """A chunk a backend sampled: its tokens, text, and log-probabilities.
-
-    `log_q`: under the distribution it was drawn from (tempered, truncated, masked);
-    `log_p`: under the model itself, when the backend knows it (None otherwise).
-    """
-
-    tokens: tuple[int, ...]
-    text: str
-    log_q: float
-    log_p: float | None
-
-
-class SampleChunk(Request):
-    """"Sample a chunk after `tokens` with these settings and this seed": deterministic in its key."""
-
-    __slots__ = ("backend", "tokens", "dist", "seed", "tokens_cost")
-
-    def __init__(self, lm: LM, tokens: tuple[int, ...], dist: ChunkDistribution, seed: int) -> None:
-        self.backend = lm
-        self.tokens = tokens
-        self.dist = dist
-        self.seed = int(seed)
-        self.tokens_cost = dist.max_tokens
-
-    def key(self) -> Hashable:
-        d = self.dist
-        mask = None if d.mask is None else hash(d.mask.tobytes())
-        return ("sample", self.tokens, d.stop, d.max_tokens, d.temperature, d.top_p, mask, self.seed)
-
-
-class ScoreTokens(Request):
-    """Log-probabilities, under the model, of each token of `continuation` after `tokens`."""
-
-    __slots__ = ("backend", "tokens", "continuation", "tokens_cost")
-
-    def __init__(self, lm: LM, tokens: tuple[int, ...], continuation: tuple[int, ...]) -> None:
-        self.backend = lm
-        self.tokens = tokens
-        self.continuation = continuation
-        self.tokens_cost = len(continuation)
-
-    def key(self) -> Hashable:
-        return ("score", self.tokens, self.continuation)
-
-
-class TokenDraw(NamedTuple):
-    """A token a backend drew: the token, log q (what it was drawn from), log p (the model)."""
-
-    token: int
-    log_q: float
-    log_p: float
-
-
-class SampleToken(Request):
-    """"Draw the next token after `tokens` from `dist`'s settings by inverse CDF at `u`".
-
-    The uniform comes from the particle's own stream, so the answer is a function of the
-    request alone (whatever else shares the batch), and only three scalars come back: a
-    backend can keep the logits where they are (an accelerator) and draw there.
-    """
-
-    __slots__ = ("backend", "tokens", "dist", "u", "context")
-
-    tokens_cost = 1
-
-    def __init__(self, lm: LM, tokens: tuple[int, ...], dist: _Sampling, u: float,
-                 context: ContextKey | None = None) -> None:
-        self.backend = lm
-        self.tokens = tokens
-        self.dist = dist
-        self.u = float(u)
-        # hashed once: the engine's keys, the backend's rows and its trie all use it
-        self.context = context if context is not None else ContextKey(tokens)
-
-    def key(self) -> Hashable:
-        d = self.dist
-        mask = None if d.mask is None else id(d.mask)
-        return ("draw", self.context, d.temperature, d.top_p, mask, self.u)
-
-    def cost_key(self) -> Hashable:
-        return ("next", self.context)  # draws after one context share its forward
-
-
-def draw_from_rows(requests: Sequence[SampleToken], rows: Sequence[np.ndarray]) -> list[TokenDraw]:
-    """Each request's draw from its context's float64 log-probability row (the host path)."""
-    out = []
-    for r, base in zip(requests, rows, strict=True):
-        lq = r.dist.transform(base)
-        tok = categorical_from_uniform(np.exp(lq), r.u)
-        out.append(TokenDraw(tok, float(lq[tok]), float(base[tok])))
-    return out
 
 
 def transform_logprobs(
@@ -242,6 +131,10 @@ class LM(Shared):
     # True: chunks are sampled by the backend (`SampleChunk`), not token by token by the
     # particle. Served LMs must; in-process ones may (one round per chunk instead of per token).
     chunk_requests: bool = False
+    # True: a chunk drawn from a particle's `SeededRng` is one request (`DrawChunk`) whose
+    # token loop runs here, at the particle's own uniforms: the chunk it would draw token by
+    # token (same numbers), with one engine round per chunk instead of one per token.
+    fused_chunks: bool = False
 
     def is_eos(self, token: int) -> bool:
         """True if `token` ends a generation (any of `eos_token_ids`)."""
@@ -284,6 +177,8 @@ class LM(Shared):
                 got = self.sample_tokens(reqs)  # type: ignore[arg-type]
             elif kind is SampleChunk:
                 got = self.sample_chunks(reqs)  # type: ignore[arg-type]
+            elif kind is DrawChunk:
+                got = self.draw_chunks(reqs)  # type: ignore[arg-type]
             elif kind is ScoreTokens:
                 got = self.score_tokens([(r.tokens, r.continuation) for r in reqs])  # type: ignore[attr-defined]
             else:
@@ -331,6 +226,48 @@ class LM(Shared):
                     still.append(i)
             live = still
         return [ChunkSample(t, self.decode(t), q, p) for t, q, p in zip(tokens, log_q, log_p, strict=True)]
+
+    def draw_chunks(self, requests: Sequence[DrawChunk]) -> list[ChunkDraw]:
+        """Each request's chunk, token by token for all at once: per position, one
+        `sample_tokens` call for every chunk still running, each at its own stream's next
+        uniform. The draws are those of the token-by-token path, so the chunks are too."""
+        n = len(requests)
+        keys = [r.context for r in requests]
+        tokens: list[tuple[int, ...]] = [()] * n
+        log_q = [0.0] * n
+        log_p = [0.0] * n
+        states = np.fromiter((r.state for r in requests), dtype=np.uint64, count=n)
+        counters = np.fromiter((r.counter for r in requests), dtype=np.uint64, count=n)
+        stops: dict[tuple, bool] = {}  # particles that share a chunk so far check it once
+        live = list(range(n))
+        step = 0
+        while live:
+            step += 1
+            u = uniforms_at(states[live], counters[live] + np.uint64(step)).tolist()
+            seen: set[ContextKey] = set()
+            for i in live:  # positions evaluated: one per distinct context, as token draws count
+                if keys[i] not in seen:
+                    seen.add(keys[i])
+                    requests[i].tokens_cost += 1
+            got = self.sample_tokens([SampleToken(self, keys[i].tokens, requests[i].dist, ui, keys[i])
+                                      for i, ui in zip(live, u, strict=True)])
+            still = []
+            for i, draw in zip(live, got, strict=True):
+                tokens[i] += (draw.token,)
+                log_q[i] += draw.log_q
+                log_p[i] += draw.log_p
+                d = requests[i].dist
+                memo = (d.stop, d.max_tokens, tokens[i])
+                done = stops.get(memo)
+                if done is None:
+                    done = stops[memo] = d._stops_after(tokens[i])
+                if not done:
+                    keys[i] = ContextKey(keys[i].tokens + (draw.token,), keys[i])
+                    still.append(i)
+            live = still
+        texts: dict[tuple[int, ...], str] = {}
+        return [ChunkDraw(t, texts[t] if t in texts else texts.setdefault(t, self.decode(t)), q, p, k)
+                for t, q, p, k in zip(tokens, log_q, log_p, keys, strict=True)]
 
     # ---------------------------------------------------------- tokenizer interface
     def encode(self, text: str) -> list[int]:
@@ -479,9 +416,15 @@ class ChunkDistribution(_Sampling, Distribution):
             got: ChunkSample = await SampleChunk(self.lm, self.ctx.tokens, self, seeder())
             extras = {"model_log_prob": got.log_p, "source": self._src()} if got.log_p is not None else {}
             return Draw(Chunk(got.tokens, got.text), got.log_q, extras)
+        seeded = isinstance(rng, SeededRng)
+        if seeded and self.lm.fused_chunks and type(rng) is SeededRng:  # the token loop on the backend's side
+            fused: ChunkDraw = await DrawChunk(self.lm, self.ctx.key(), self, rng.state, rng.counter)
+            rng.counter += len(fused.tokens)  # one uniform per token, as drawn below
+            chunk = Chunk(fused.tokens, fused.text)
+            chunk.__dict__["_last_key"] = weakref.ref(fused.last)
+            return Draw(chunk, fused.log_q, {"model_log_prob": fused.log_p, "source": self._src()})
         tokens: tuple[int, ...] = ()
         log_q = log_p = 0.0
-        seeded = isinstance(rng, SeededRng)
         key = self.ctx.key() if seeded else None
         while True:
             if seeded:  # drawn by the backend at this particle's uniform

@@ -56,6 +56,8 @@ class HFLM(LM):
     >>> lm.logprobs([lm.context("Q: 12+34=\\n").tokens])  # doctest: +SKIP
     """
 
+    fused_chunks = True  # a seeded chunk's token loop runs here (`DrawChunk`): one round per chunk
+
     def __init__(
         self,
         model: Any,
