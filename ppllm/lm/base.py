@@ -227,47 +227,76 @@ class LM(Shared):
             live = still
         return [ChunkSample(t, self.decode(t), q, p) for t, q, p in zip(tokens, log_q, log_p, strict=True)]
 
+    def draw_tokens_at(self, contexts: Sequence[ContextKey], dists: Sequence[_Sampling],
+                       uniforms: Sequence[float]) -> tuple[list[int], list[float], list[float]]:
+        """(tokens, log q, log p) of the draws `SampleToken(context, dist, u)` would give, one
+        per (context, dist, u): what `draw_chunks` asks per position. Backends may answer it
+        without building the requests."""
+        got = self.sample_tokens([SampleToken(self, k.tokens, d, u, k)
+                                  for k, d, u in zip(contexts, dists, uniforms, strict=True)])
+        return [g.token for g in got], [g.log_q for g in got], [g.log_p for g in got]
+
     def draw_chunks(self, requests: Sequence[DrawChunk]) -> list[ChunkDraw]:
         """Each request's chunk, token by token for all at once: per position, one
         `sample_tokens` call for every chunk still running, each at its own stream's next
-        uniform. The draws are those of the token-by-token path, so the chunks are too."""
+        uniform. The draws are those of the token-by-token path, so the chunks are too.
+
+        Requests that have drawn the same tokens after the same context (particles that
+        share a context mostly do) share one path: its key, tokens and stop check are made
+        once, and its key is one object, so every dict finds it by identity."""
         n = len(requests)
-        keys = [r.context for r in requests]
-        tokens: list[tuple[int, ...]] = [()] * n
+        # a path: [context key, chunk tokens so far, distribution, finished]
+        paths: list[list] = []
+        start: dict[tuple, int] = {}
+        at: list[int] = []
+        for r in requests:
+            d = r.dist
+            j = start.setdefault((r.context, d.stop, d.max_tokens), len(paths))
+            if j == len(paths):
+                paths.append([r.context, (), d, False])
+            at.append(j)
         log_q = [0.0] * n
         log_p = [0.0] * n
         states = np.fromiter((r.state for r in requests), dtype=np.uint64, count=n)
         counters = np.fromiter((r.counter for r in requests), dtype=np.uint64, count=n)
-        stops: dict[tuple, bool] = {}  # particles that share a chunk so far check it once
         live = list(range(n))
         step = 0
         while live:
             step += 1
             u = uniforms_at(states[live], counters[live] + np.uint64(step)).tolist()
-            seen: set[ContextKey] = set()
-            for i in live:  # positions evaluated: one per distinct context, as token draws count
-                if keys[i] not in seen:
-                    seen.add(keys[i])
+            keys = [paths[at[i]][0] for i in live]
+            seen: set[int] = set()
+            for i, k in zip(live, keys, strict=True):  # positions evaluated: one per distinct context
+                if id(k) not in seen:
+                    seen.add(id(k))
                     requests[i].tokens_cost += 1
-            got = self.sample_tokens([SampleToken(self, keys[i].tokens, requests[i].dist, ui, keys[i])
-                                      for i, ui in zip(live, u, strict=True)])
+            toks, lqs, lps = self.draw_tokens_at(keys, [requests[i].dist for i in live], u)
+            nxt: dict[tuple[int, int], int] = {}
             still = []
-            for i, draw in zip(live, got, strict=True):
-                tokens[i] += (draw.token,)
-                log_q[i] += draw.log_q
-                log_p[i] += draw.log_p
-                d = requests[i].dist
-                memo = (d.stop, d.max_tokens, tokens[i])
-                done = stops.get(memo)
-                if done is None:
-                    done = stops[memo] = d._stops_after(tokens[i])
-                if not done:
-                    keys[i] = ContextKey(keys[i].tokens + (draw.token,), keys[i])
+            for i, tok, lq, lp in zip(live, toks, lqs, lps, strict=True):
+                log_q[i] += lq
+                log_p[i] += lp
+                j = nxt.get((at[i], tok))
+                if j is None:  # the first request on this path to draw this token
+                    key, tokens, d, _ = paths[at[i]]
+                    tokens += (tok,)
+                    done = d._stops_after(tokens)
+                    nkey = key if done else ContextKey(key.tokens + (tok,), key)
+                    j = nxt[(at[i], tok)] = len(paths)
+                    paths.append([nkey, tokens, d, done])
+                at[i] = j
+                if not paths[j][3]:
                     still.append(i)
             live = still
         texts: dict[tuple[int, ...], str] = {}
-        return [ChunkDraw(t, texts[t] if t in texts else texts.setdefault(t, self.decode(t)), q, p, k)
-                for t, q, p, k in zip(tokens, log_q, log_p, keys, strict=True)]
+        out = []
+        for i in range(n):
+            key, tokens, _, _ = paths[at[i]]
+            text = texts.get(tokens)
+            if text is None:
+                text = texts[tokens] = self.decode(tokens)
+            out.append(ChunkDraw(tokens, text, log_q[i], log_p[i], key))
+        return out
 
     # ---------------------------------------------------------- tokenizer interface
     def encode(self, text: str) -> list[int]:

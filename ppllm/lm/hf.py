@@ -277,25 +277,47 @@ class HFLM(LM):
         """Draw each request's token where the logits are (the model's device): temperature,
         mask, top-p and the inverse-CDF draw at the particle's uniform run batched there, and
         only (token, log q, log p) come back to the host."""
+        got = self.draw_tokens_at([r.context for r in requests], [r.dist for r in requests],
+                                  [r.u for r in requests])
+        return [TokenDraw(t, q, p) for t, q, p in zip(*got, strict=True)]
+
+    def draw_tokens_at(self, contexts: Sequence[ContextKey], dists: Sequence[Any],
+                       uniforms: Sequence[float]) -> tuple[list[int], list[float], list[float]]:
+        """(tokens, log q, log p): one forward row per distinct context (hashed once, at the
+        request), the draws batched per kind of distribution."""
         where: dict[ContextKey, int] = {}
-        row_of = [where.setdefault(r.context, len(where)) for r in requests]  # hashed once, at the request
+        row_of = [where.setdefault(k, len(where)) for k in contexts]
         rows = self._next_rows(list(where), remember=False, normalised=False)
-        out: list[TokenDraw | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            d = r.dist
-            groups.setdefault((d.temperature, d.top_p, d.mask is None), []).append(i)
-        for members in groups.values():
-            d = requests[members[0]].dist
-            index = [row_of[i] for i in members]
-            x = rows if index == list(range(len(rows))) else rows.index_select(0, torch.tensor(index, device=self.device))
-            mask = None if d.mask is None else self._masks.of([requests[i].dist.mask for i in members])
-            u = np.array([requests[i].u for i in members], dtype=np.float64)
-            tokens, log_q, log_p = draw_tokens(x, u, d.temperature, mask, d.top_p)
-            self.stats["bytes_to_host"] += 3 * 8 * len(members)
-            for i, t, q, p in zip(members, tokens, log_q, log_p, strict=True):
-                out[i] = TokenDraw(t, q, p)
-        return out  # type: ignore[return-value]
+        n = len(contexts)
+        d0 = dists[0]
+        if all(d is d0 for d in dists):  # one distribution (the usual round): one group
+            groups = [list(range(n))]
+        else:
+            by: dict[tuple, list[int]] = {}
+            for i, d in enumerate(dists):
+                by.setdefault((d.temperature, d.top_p, d.mask is None), []).append(i)
+            groups = list(by.values())
+        if len(groups) == 1:
+            tokens, log_q, log_p = self._draw_group(rows, row_of, dists, uniforms, groups[0])
+            self.stats["bytes_to_host"] += 3 * 8 * n
+            return tokens, log_q, log_p
+        out_t, out_q, out_p = [0] * n, [0.0] * n, [0.0] * n
+        for members in groups:
+            got = self._draw_group(rows, [row_of[i] for i in members], dists, [uniforms[i] for i in members],
+                                   members)
+            for i, t, q, p in zip(members, *got, strict=True):
+                out_t[i], out_q[i], out_p[i] = t, q, p
+        self.stats["bytes_to_host"] += 3 * 8 * n
+        return out_t, out_q, out_p
+
+    def _draw_group(self, rows: torch.Tensor, index: list[int], dists: Sequence[Any], u: Sequence[float],
+                    members: list[int]) -> tuple[list, list, list]:
+        """The draws of requests with one kind of distribution; `index`: each one's row."""
+        d = dists[members[0]]
+        if index != list(range(len(rows))):
+            rows = rows.index_select(0, torch.tensor(index, device=self.device))
+        mask = None if d.mask is None else self._masks.of([dists[i].mask for i in members])
+        return draw_tokens(rows, np.asarray(u, dtype=np.float64), d.temperature, mask, d.top_p)
 
     def _next_rows(self, contexts: list[tuple[int, ...]] | list[ContextKey], remember: bool = True,
                    normalised: bool = True) -> torch.Tensor:

@@ -66,9 +66,11 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
-def _views(kbuf: torch.Tensor, vbuf: torch.Tensor, past: int, end: int) -> tuple[torch.Tensor, ...]:
-    """The buffers' new positions and whole past, sliced once for all layers."""
-    return kbuf[:, :, :, past:end], vbuf[:, :, :, past:end], kbuf[:, :, :, :end], vbuf[:, :, :, :end]
+def _views(kbuf: torch.Tensor, vbuf: torch.Tensor, past: int, end: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """Per layer, the buffers' new positions and whole past: sliced once for all layers and
+    split by one `unbind` each (indexing every layer's four views cost 16 calls at 4 layers)."""
+    return (kbuf[:, :, :, past:end].unbind(0), vbuf[:, :, :, past:end].unbind(0),
+            kbuf[:, :, :, :end].unbind(0), vbuf[:, :, :, :end].unbind(0))
 
 
 class NativeDecoder:
@@ -160,14 +162,20 @@ def _gpt2(model: Any) -> Callable[..., torch.Tensor] | None:
         k_new, v_new, k_all, v_all = _views(kbuf, vbuf, past, end)
         for i, (w1, b1, wa, ba, wp, bp, w2, b2, wf, bf, wo, bo) in enumerate(blocks):
             h = torch.layer_norm(x, (hidden,), w1, b1, eps)
-            q, k, v = torch.addmm(ba, h, wa).view(B, S, 3, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
+            qkv = torch.addmm(ba, h, wa)
+            if S == 1:  # (B, 3·hidden) is already (B, 3, H, 1, D): no permute
+                q, k, v = qkv.view(B, 3, heads, 1, dim).unbind(1)
+            else:
+                q, k, v = qkv.view(B, S, 3, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
             k_new[i].copy_(k)  # (B, H, S, D) into the buffers
             v_new[i].copy_(v)
             a = _attend(q, k_all[i], v_all[i], mask, scales[i])
-            x = torch.addmm(bp, a.transpose(1, 2).reshape(B * S, hidden), wp).add_(x)
+            # (B, H, S, D) -> (B*S, hidden); with one query per row the transpose moves nothing
+            a = a.reshape(B, hidden) if S == 1 else a.transpose(1, 2).reshape(B * S, hidden)
+            x = torch.addmm(bp, a, wp).add_(x)
             h = torch.layer_norm(x, (hidden,), w2, b2, eps)
             x = torch.addmm(bo, act(torch.addmm(bf, h, wf)), wo).add_(x)
-        x = x.view(B, S, hidden)[:, S - keep :]
+        x = x.view(B, S, hidden) if keep == S else x.view(B, S, hidden)[:, S - keep :]
         return F.linear(torch.layer_norm(x, (hidden,), ln_f[0], ln_f[1], eps), head)
 
     return run

@@ -82,39 +82,46 @@ def _draw_torch(logits: torch.Tensor, u: np.ndarray, temperature: float, mask: t
 def _draw_numpy(x: np.ndarray, u: np.ndarray, temperature: float,
                 mask: np.ndarray | None) -> tuple[list, list, list]:
     """The CPU draw on `x` (float32 logits or float64 log-weights), with one (B, V) float64
-    array alive at a time (the round's weights), built in place."""
+    array alive at a time (the round's weights), built in place, and few NumPy calls (at a
+    small vocabulary and a few rows, each call's overhead is the cost, not the arithmetic)."""
     B, V = x.shape
-    top = x.max(axis=1).astype(np.float64)
-    if not np.isfinite(top).all():  # a NaN or +inf logit, or a row with no possible token
+    w = x.astype(np.float64)  # a copy, also of float64 input
+    top = w.max(axis=1)
+    w -= top[:, None]
+    np.exp(w, out=w)  # exp(x − top): max 1, so no overflow
+    z = w.sum(axis=1)  # the model's normaliser: >= 1 unless a top was NaN or infinite
+    if not np.isfinite(z).all():  # a NaN or +inf logit, or a row with no possible token
         raise ValueError("categorical: probabilities must be finite with a positive sum")
-
-    def weights(scale: float) -> np.ndarray:  # exp((x − top) / T): max 1, so no overflow
-        w = x.astype(np.float64)  # a copy, also of float64 input
-        w -= top[:, None]
-        if scale != 1.0:
-            w /= scale
-        return np.exp(w, out=w)
-
-    w = weights(1.0)
-    z = w.sum(axis=1)  # the model's normaliser (>= 1)
-    if temperature != 1.0:
-        w = weights(temperature)
-    if mask is not None:
-        w *= mask
-    total = w.sum(axis=1) if temperature != 1.0 or mask is not None else z
-    shift = top.copy()  # log w = (x − shift) / T
-    for b in np.flatnonzero(total <= 0):  # every allowed token underflowed (or none is allowed)
-        row = x[b].astype(np.float64)
-        allowed = row if mask is None else np.where(mask if mask.ndim == 1 else mask[b], row, -np.inf)
-        shift[b] = allowed.max()
-        if shift[b] == -np.inf:
-            raise ValueError("every token is masked out: the distribution is empty")
-        w[b] = np.exp((allowed - shift[b]) / temperature)
-        total[b] = w[b].sum()
+    plain = temperature == 1.0 and mask is None
+    shift = top  # log w = (x − shift) / T
+    if plain:
+        total = z
+    else:
+        if temperature != 1.0:  # exp((x − top) / T)
+            w = x.astype(np.float64)
+            w -= top[:, None]
+            w /= temperature
+            np.exp(w, out=w)
+        if mask is not None:
+            w *= mask
+        total = w.sum(axis=1)
+        bad = np.flatnonzero(total <= 0)
+        if len(bad):  # every allowed token underflowed (or none is allowed)
+            shift = top.copy()
+            for b in bad:
+                row = x[b].astype(np.float64)
+                allowed = row if mask is None else np.where(mask if mask.ndim == 1 else mask[b], row, -np.inf)
+                shift[b] = allowed.max()
+                if shift[b] == -np.inf:
+                    raise ValueError("every token is masked out: the distribution is empty")
+                w[b] = np.exp((allowed - shift[b]) / temperature)
+                total[b] = w[b].sum()
     tok = _inverse_cdf(w, np.asarray(u, dtype=np.float64) * total)
     xt = x[np.arange(B), tok].astype(np.float64)
-    log_q = (xt - shift) / temperature - np.log(total)
     log_p = xt - top - np.log(z)
+    if plain:  # log q is log p: the same arithmetic, (xt − top) / 1 − log z
+        return tok.tolist(), log_p.tolist(), log_p.tolist()
+    log_q = (xt - shift) / temperature - np.log(total)
     return tok.tolist(), log_q.tolist(), log_p.tolist()
 
 
@@ -136,7 +143,9 @@ def _inverse_cdf(w: np.ndarray, threshold: np.ndarray) -> np.ndarray:
         inner = np.cumsum(blocks[rows, j], axis=1) + before[:, None]
         idx = j * _BLOCK + np.minimum((inner <= threshold[:, None]).sum(axis=1), _BLOCK - 1)
     idx = np.minimum(idx, V - 1)
-    for b in np.flatnonzero(w[np.arange(B), idx] <= 0):  # rounding landed on a zero: step back
-        before = np.flatnonzero(w[b, : idx[b] + 1] > 0)
-        idx[b] = before[-1] if len(before) else np.flatnonzero(w[b] > 0)[0]
-    return idx.astype(np.int64)
+    picked = w[np.arange(B), idx]
+    if picked.min() <= 0:  # rounding landed on a zero: step back
+        for b in np.flatnonzero(picked <= 0):
+            before = np.flatnonzero(w[b, : idx[b] + 1] > 0)
+            idx[b] = before[-1] if len(before) else np.flatnonzero(w[b] > 0)[0]
+    return idx.astype(np.int64, copy=False)
