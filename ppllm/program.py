@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import types
 from dataclasses import dataclass, field
 from types import CoroutineType
 from typing import Any
@@ -67,6 +68,20 @@ class Shared:
 
 
 _ATOMS = frozenset({int, float, bool, str, bytes, type(None), complex})  # immutable: never copied
+# ... and what deepcopy itself returns as it is (functions, classes)
+_KEPT = _ATOMS | {types.FunctionType, types.BuiltinFunctionType, type}
+
+
+def _flat_copy(values: dict[str, Any]) -> dict[str, Any] | None:
+    """`copy.deepcopy(values)` when every value is a list of atoms (a program's history of
+    steps and scores), each its own: the lists copied, without deepcopy's per-item dispatch.
+    None for anything else (nesting, aliasing), which deepcopy handles."""
+    ids = set()
+    for v in values.values():
+        if type(v) is not list or id(v) in ids or not all(type(x) in _ATOMS for x in v):
+            return None
+        ids.add(id(v))
+    return {k: v.copy() for k, v in values.items()}
 
 
 @dataclass(frozen=True)
@@ -173,11 +188,13 @@ class Program:
         # Atoms and `Shared` objects (LMs, contexts) are taken as they are, without a trip
         # through deepcopy's dispatch (a clone per duplicate on every resampling); read-only
         # arrays (a token mask, a table) are constants: shared, not copied.
-        kept = {k: v for k, v in user.items() if type(v) in _ATOMS or isinstance(v, Shared)}
+        kept = {k: v for k, v in user.items() if type(v) in _KEPT or isinstance(v, Shared)}
         rest = {k: v for k, v in user.items() if k not in kept}
         memo = {id(v): v for v in rest.values() if isinstance(v, np.ndarray) and not v.flags.writeable}
         try:
-            copied = copy.deepcopy(rest, memo) if rest else rest
+            copied = _flat_copy(rest) if rest else rest
+            if copied is None:
+                copied = copy.deepcopy(rest, memo)
             new.__dict__.update({k: kept[k] if k in kept else copied[k] for k in user})
         except Exception as e:  # name the attribute: deepcopy's own error does not
             name = _uncopyable(user, memo)

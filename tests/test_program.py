@@ -232,3 +232,38 @@ def test_a_clone_state_keeps_the_particle_and_drops_the_running_step():
                                  replay={"a": 1}, extras={"x": 1})
     assert got.extras is not running.extras
     assert set(vars(got)) == {f.name for f in dataclasses.fields(_ParticleState)}
+
+
+class _History(ppllm.Program):
+    def __init__(self, alias: bool = False, nested: bool = False):
+        self.steps, self.scores = ["a", "b"], [0.5, 1.0]
+        self.pick = len  # a function: kept as it is, as deepcopy keeps it
+        if alias:
+            self.same = self.steps  # two names for one list: the copy must keep that
+        if nested:
+            self.log = {"steps": self.steps}
+
+    async def step(self):
+        self.finish()
+
+
+@pytest.mark.parametrize("alias,nested", [(False, False), (True, False), (False, True)])
+def test_a_clone_of_flat_lists_equals_a_deepcopy_and_keeps_aliasing(alias, nested) -> None:
+    p = _History(alias, nested)
+    q = p.clone()
+    assert q.steps == p.steps and q.scores == p.scores and q.steps is not p.steps and q.pick is len
+    q.steps.append("c")
+    assert p.steps == ["a", "b"]  # independent
+    if alias:
+        assert q.same is q.steps
+    if nested:
+        assert q.log["steps"] is q.steps
+
+
+def test_broken_twin_a_flat_copy_that_ignores_aliasing_loses_it(monkeypatch) -> None:
+    import ppllm.program as program_module
+
+    monkeypatch.setattr(program_module, "_flat_copy",
+                        lambda values: {k: list(v) if type(v) is list else v for k, v in values.items()})
+    q = _History(alias=True).clone()
+    assert q.same is not q.steps  # what the aliasing check above catches
