@@ -12,12 +12,15 @@ enumerate it.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from collections.abc import Callable
+from itertools import accumulate
 from math import comb
 
 import numpy as np
 
-from .rng import Rng
+from .rng import Rng, SeededRng
 
 __all__ = ["RESAMPLERS", "get_resampler", "multinomial", "stratified", "systematic", "residual"]
 
@@ -45,7 +48,12 @@ def multinomial(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
     C(2n−1, n) count vectors to enumerate instead of nⁿ ordered draws.
     """
     counts = np.zeros(len(W), dtype=np.int64)
-    tail = np.cumsum(W[::-1])[::-1]  # tail[i] = Σ_{j≥i} W_j
+    tail = np.cumsum(W[::-1])[::-1].tolist()  # tail[i] = Σ_{j≥i} W_j
+    W = W.tolist()
+    # A seeded stream draws each count by the inverse CDF in plain Python: the same floats
+    # as `SeededRng.categorical` (a cumulative sum adds in order), without NumPy's per-call
+    # cost on a pmf of n + 1 entries.
+    seeded = type(rng) is SeededRng
     left = n
     for i in range(len(W)):
         if left == 0:
@@ -54,13 +62,34 @@ def multinomial(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
             counts[i] = left  # nothing with positive weight comes after i
             break
         p = min(W[i] / tail[i], 1.0)
-        counts[i] = rng.categorical(_binom_pmf(left, p)) if p > 0 else 0
+        if not p > 0:
+            counts[i] = 0
+        elif seeded:
+            counts[i] = _inverse_cdf_list(_binom_pmf_list(left, p), rng.random())
+        else:
+            counts[i] = rng.categorical(_binom_pmf(left, p))
         left -= int(counts[i])
     return np.repeat(np.arange(len(W)), counts)
 
 
+def _binom_pmf_list(n: int, p: float) -> list[float]:
+    return [comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(n + 1)]
+
+
 def _binom_pmf(n: int, p: float) -> np.ndarray:
-    return np.array([comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(n + 1)])
+    return np.array(_binom_pmf_list(n, p))
+
+
+def _inverse_cdf_list(probs: list[float], u: float) -> int:
+    """`categorical_from_uniform(np.array(probs), u)` on a short list."""
+    cdf = list(accumulate(probs))
+    total = cdf[-1]
+    if not math.isfinite(total) or total <= 0:
+        raise ValueError("categorical: probabilities must be finite with a positive sum")
+    i = min(bisect_right(cdf, u * total), len(probs) - 1)
+    while probs[i] <= 0:  # rounding can land on a zero-probability entry: step back
+        i -= 1
+    return i
 
 
 def stratified(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:

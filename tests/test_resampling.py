@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import norm
 
 from ppllm.exact import enumerate_paths
-from ppllm.resampling import RESAMPLERS, get_resampler, systematic
+from ppllm.resampling import RESAMPLERS, get_resampler, multinomial, systematic
 from ppllm.rng import SeededRng
 
 FALSE_FAILURE_RATE = 1e-4
@@ -136,3 +136,46 @@ def test_float_rounding_never_picks_a_zero_weight_tail(scheme: str) -> None:
 def test_unknown_resampler_name_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown resampler 'bogus'"):
         get_resampler("bogus")
+
+
+class _PlainStream(SeededRng):
+    """A seeded stream that multinomial does not recognise: it draws through `categorical`."""
+
+
+def _plain(rng: SeededRng) -> _PlainStream:
+    return _PlainStream(rng.seed, rng.key, rng.state)
+
+
+def _many_weights():
+    gen = np.random.default_rng(5)
+    for n in (1, 2, 5, 16, 33):
+        for _ in range(20):
+            W = gen.dirichlet(np.full(n, 0.3))
+            W[gen.random(n) < 0.2] = 0.0
+            if W.sum() > 0:
+                yield W / W.sum()
+
+
+def test_multinomial_on_a_seeded_stream_draws_what_categorical_draws() -> None:
+    """The plain-Python inverse CDF gives the counts `SeededRng.categorical` gives, draw for draw."""
+    for k, W in enumerate(_many_weights()):
+        for n in (1, 7, 32):
+            fast = multinomial(SeededRng(k).child("r", n), W, n)
+            plain = multinomial(_plain(SeededRng(k).child("r", n)), W, n)
+            assert np.array_equal(fast, plain), (k, n)
+
+
+def test_broken_twin_a_fast_draw_one_uniform_late_differs(monkeypatch) -> None:
+    import ppllm.resampling as resampling
+
+    real = resampling._inverse_cdf_list
+    late = {"last": 0.5}
+
+    def one_late(probs, u):
+        previous, late["last"] = late["last"], u
+        return real(probs, previous)
+
+    monkeypatch.setattr(resampling, "_inverse_cdf_list", one_late)
+    assert any(not np.array_equal(multinomial(SeededRng(k).child("r", 32), W, 32),
+                                  multinomial(_plain(SeededRng(k).child("r", 32)), W, 32))
+               for k, W in enumerate(_many_weights()))

@@ -383,3 +383,32 @@ def test_tiny_arith_preset_runs_with_the_verifier():
         expected = aggregate(verifier.score_now(Q, p.steps), "prod")
         assert p.prefix_score == pytest.approx(expected)
         assert len(p.step_scores) == len(p.steps)
+
+
+def _scalar_and_array_agree(conv) -> bool:
+    vals = np.concatenate([np.random.default_rng(0).random(2000), [0.0, 1.0, 1e-9, 1 - 1e-9, 0.5, 1e-300]])
+    with np.errstate(divide="ignore"):
+        return np.array_equal(conv(vals), np.array([conv(float(v)) for v in vals]))
+
+
+@pytest.mark.parametrize("name", ["odds", "bernoulli"])
+def test_a_converter_gives_a_float_score_the_value_of_its_array_entry(name) -> None:
+    from ppllm.rewards.factors import CONVERTERS
+
+    assert _scalar_and_array_agree(CONVERTERS[name])
+    for bad in (math.nan, -0.1, 1.5):
+        with pytest.raises(RewardError):
+            CONVERTERS[name](bad)
+
+
+def test_broken_twin_a_scalar_odds_without_the_clip_disagrees(monkeypatch) -> None:
+    import ppllm.rewards.factors as factors
+
+    def unclipped(r):
+        if type(r) is float:
+            x = np.float64(r)
+            with np.errstate(divide="ignore"):
+                return float(np.log(x) - np.log1p(-x))
+        return factors.odds(r)
+
+    assert not _scalar_and_array_agree(unclipped)

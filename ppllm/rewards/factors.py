@@ -41,13 +41,23 @@ def _out(value: np.ndarray) -> float | np.ndarray:
 
 def bernoulli(r: float | np.ndarray) -> float | np.ndarray:
     """log r̂: log-likelihood of "accepted" under Bernoulli(r̂)."""
-    arr = _probabilities(r, "bernoulli")
+    arr = _scalar(r, "bernoulli") if type(r) is float else _probabilities(r, "bernoulli")
     with np.errstate(divide="ignore"):
         return _out(np.log(arr))
 
 
+def _scalar(r: float, what: str) -> np.float64:
+    """One score (a PRM's usual answer), checked without building arrays."""
+    if not 0.0 <= r <= 1.0:  # NaN fails this too
+        raise RewardError(f"{what}: scores must be probabilities in [0, 1], got {r!r}")
+    return np.float64(r)
+
+
 def odds(r: float | np.ndarray, eps: float = EPS) -> float | np.ndarray:
     """logit(clip(r̂, eps, 1 − eps)): the log-odds the published particle filter resamples by."""
+    if type(r) is float:  # the same ufuncs on a scalar: the same value as an array's entry
+        x = _scalar(min(max(r, eps), 1.0 - eps) if 0.0 <= r <= 1.0 else r, "odds")
+        return float(np.log(x) - np.log1p(-x))
     arr = np.clip(_probabilities(r, "odds"), eps, 1.0 - eps)
     return _out(np.log(arr) - np.log1p(-arr))
 
