@@ -438,3 +438,40 @@ def test_clearing_the_cache_keeps_the_pool_and_still_answers_right(tiny):
     assert tiny._kv.k is pool and tiny.cached_tokens == 0 and not tiny._kv.index
     assert len(tiny._kv.free) == tiny._kv.capacity - 1  # every slot but the zero dummy
     assert max_error(tiny, [base + (3,), base + (1, 4)]) < TOL
+
+
+def _pool_read_back_error(lm, seed=2):
+    """After an SMC run of decode steps, every surviving context's next row recomputed from the
+    pool alone (the resident buffers dropped, so its past is gathered slot by slot)."""
+    ctx = lm.context(PROMPT)
+    post = ppllm.smc(_Hot(lm, ctx, len(ctx) + 10), 8, seed=seed, ess_threshold=1.0)
+    err = 0.0
+    for c in sorted({p.ctx.tokens for p in post.particles}):
+        lm._resident = None
+        lm._answers.clear()
+        err = max(err, max_error(lm, [c + (3,)]))
+    return err
+
+
+def test_decode_steps_store_their_keys_and_values_in_the_right_slots(tiny, monkeypatch):
+    from ppllm.lm.kv_cache import KVStore
+
+    writes = {"slice": 0}
+    real = KVStore.store_column
+
+    def counted(self, kbuf, vbuf, P, rows, slots, B):
+        writes["slice"] += slots == list(range(slots[0], slots[0] + len(slots)))
+        return real(self, kbuf, vbuf, P, rows, slots, B)
+
+    monkeypatch.setattr(KVStore, "store_column", counted)
+    assert _pool_read_back_error(tiny) < TOL
+    assert writes["slice"] > 5  # the one-copy path ran
+
+
+def test_broken_twin_a_decode_step_storing_the_previous_position_fails_the_read_back(tiny, monkeypatch):
+    from ppllm.lm.kv_cache import KVStore
+
+    real = KVStore.store_column
+    monkeypatch.setattr(KVStore, "store_column", lambda self, kbuf, vbuf, P, rows, slots, B:
+                        real(self, kbuf, vbuf, P - 1, rows, slots, B))  # the previous position's K/V
+    assert _pool_read_back_error(tiny) > 1e-3

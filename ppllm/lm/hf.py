@@ -24,7 +24,7 @@ import torch
 
 from .base import LM, Context, SampleToken, TokenDraw, check_token_ids
 from .context import ContextKey, key_of
-from .hf_support import fast_decoder, quiet_transformers, tf_version
+from .hf_support import fast_decoder, kv_shape, quiet_transformers, stop_ids_of, tf_version
 from .kv_cache import (
     KVStore,
     TrieNode,
@@ -45,8 +45,6 @@ Plan = tuple[tuple[int, ...], int, "TrieNode", Any]
 DEFAULT_KV_BUDGET_TOKENS = 32_768
 # Small models get more tokens by default: as many as this many bytes of K/V hold.
 DEFAULT_KV_BUDGET_BYTES = 512 << 20
-# Token strings that end a turn in common chat formats; added to the stop set when present.
-_KNOWN_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
 
 
 class HFLM(LM):
@@ -88,7 +86,7 @@ class HFLM(LM):
         if self.eos_token_id is None:
             eos = getattr(config, "eos_token_id", None)
             self.eos_token_id = eos[0] if isinstance(eos, list | tuple) else eos
-        self.stop_token_ids = self._collect_stop_ids(stop_token_ids)
+        self.stop_token_ids = stop_ids_of(model, tokenizer, self.eos_token_id, self.vocab_size, stop_token_ids)
         self.eos_token_ids = frozenset(self.stop_token_ids)
         self.max_batch_positions = int(max_batch_positions)
         forward = inspect.signature(model.forward).parameters
@@ -98,7 +96,7 @@ class HFLM(LM):
         # GPT-2 and Llama-family models run on ppllm's own forward (checked against the
         # model's at load; anything else, or a mismatch, keeps transformers' forward).
         self._native = NativeDecoder.for_model(model) if native_forward else None
-        n_layers, kv_heads, head_dim = self._kv_shape(text_config)
+        n_layers, kv_heads, head_dim = kv_shape(text_config)
         if kv_budget_tokens is None:  # 32 768 tokens, or 512 MiB of them when that is more
             per_token = 2 * n_layers * kv_heads * head_dim * torch.finfo(self.dtype).bits // 8
             kv_budget_tokens = max(DEFAULT_KV_BUDGET_TOKENS, DEFAULT_KV_BUDGET_BYTES // per_token)
@@ -181,31 +179,6 @@ class HFLM(LM):
             model.to(device)
             tokenizer = AutoTokenizer.from_pretrained(path, **opts)
         return cls(model, tokenizer, name=name, kv_budget_tokens=kv_budget_tokens, stop_token_ids=stop_ids, **kwargs)
-
-    def _collect_stop_ids(self, extra: Sequence[int]) -> list[int]:
-        ids: list[int] = []
-        sources: list[Any] = [self.eos_token_id, getattr(self.model.config, "eos_token_id", None)]
-        gen = getattr(self.model, "generation_config", None)
-        if gen is not None:
-            sources.append(gen.eos_token_id)
-        sources.append(list(extra))
-        vocab = self.tokenizer.get_vocab()
-        special = set(getattr(self.tokenizer, "all_special_tokens", []))
-        sources.append([vocab[t] for t in _KNOWN_STOP_TOKENS if t in vocab and t in special])
-        for src in sources:
-            for t in src if isinstance(src, list | tuple) else [src]:
-                if t is not None and 0 <= int(t) < self.vocab_size and int(t) not in ids:
-                    ids.append(int(t))
-        return ids
-
-    @staticmethod
-    def _kv_shape(config: Any) -> tuple[int, int, int]:
-        n_layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-        n_heads = getattr(config, "num_attention_heads", None) or config.n_head
-        kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-        hidden = getattr(config, "hidden_size", None) or config.n_embd
-        head_dim = getattr(config, "head_dim", None) or hidden // n_heads
-        return int(n_layers), int(kv_heads), int(head_dim)
 
     # ------------------------------------------------------------------ tokenizer
     def encode(self, text: str) -> list[int]:
@@ -429,14 +402,16 @@ class HFLM(LM):
             plans = [plans[j] for j in order]
         past = [node.depth for _, _, node, _ in plans]
         need = [len(tokens) - keep for tokens, keep, _, _ in plans]
-        n_layers, heads, dim = kv.shape
-        kbuf, vbuf = kfull[:, :B], vfull[:, :B]
+        kbuf, vbuf = (kfull, vfull) if kfull.shape[1] == B else (kfull[:, :B], vfull[:, :B])
         cap = kfull.shape[3]
         if S == 1:  # the common round: one new token per row (every suffix is one token)
             suffix = None
             lens = [1] * B
             ragged = any(p != P for p in past)
-            ids_np = np.fromiter((tokens[-1] for tokens, _, _, _ in plans), dtype=np.int64, count=B).reshape(B, 1)
+            last = [tokens[-1] for tokens, _, _, _ in plans]
+            if min(last) < 0 or max(last) >= self.vocab_size:
+                check_token_ids(last, self.vocab_size, self.name)
+            ids_np = np.array(last, dtype=np.int64).reshape(B, 1)
             pos_np = np.array(past, dtype=np.int64).reshape(B, 1)
         else:
             suffix = [tokens[d:] for (tokens, _, _, _), d in zip(plans, past, strict=True)]
@@ -447,10 +422,11 @@ class HFLM(LM):
             for b, suf in enumerate(suffix):
                 ids_np[b, S - lens[b] :] = suf
                 pos_np[b, S - lens[b] :] = np.arange(past[b], past[b] + lens[b])
-        if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.vocab_size):
-            check_token_ids(ids_np, self.vocab_size, self.name)
-        input_ids = torch.from_numpy(ids_np).to(dev)
-        position_ids = torch.from_numpy(pos_np).to(dev)
+            if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.vocab_size):
+                check_token_ids(ids_np, self.vocab_size, self.name)
+        input_ids, position_ids = torch.from_numpy(ids_np), torch.from_numpy(pos_np)
+        if dev.type != "cpu":
+            input_ids, position_ids = input_ids.to(dev), position_ids.to(dev)
         mask = None
         if ragged or (S > 1 and P > 0):
             mask = batch_mask(past, lens, P, S, dev)
@@ -498,19 +474,10 @@ class HFLM(LM):
         for _, _, node, _ in plans:  # paths are kept on leaves only: O(depth) memory per branch
             if node.children and node.parent is not None:
                 node.path = node.buffer = None
-        if new_slots and S == 1 and not ragged:  # new_pos: the rows b, all at position P
-            slots_t = torch.tensor(new_slots, dtype=torch.long, device=dev)
-            rows_t = None if len(new_pos) == B else torch.tensor(new_pos, dtype=torch.long, device=dev)
-            for pool, buf in ((kv.k, kfull), (kv.v, vfull)):
-                new = buf[:, :B, :, P] if rows_t is None else buf[:, :, :, P].index_select(1, rows_t)
-                pool.index_copy_(1, slots_t, new)  # (layers, rows, heads, head_dim) into their slots
-        elif new_slots:  # new_pos: row b's position p as b * cap + p
-            bp = torch.tensor(new_pos, dtype=torch.long, device=dev).view(-1, 1)
-            hs = torch.arange(heads, device=dev).view(1, heads)
-            src = (bp // cap * (heads * cap) + hs * cap + bp % cap).reshape(-1)
-            dst = (torch.tensor(new_slots, dtype=torch.long, device=dev).view(-1, 1) * heads + hs).reshape(-1)
-            for pool, buf in ((kv.k, kfull), (kv.v, vfull)):
-                pool.view(n_layers, -1, dim).index_copy_(1, dst, buf.view(n_layers, -1, dim).index_select(1, src))
+        if new_slots and S == 1 and not ragged:
+            kv.store_column(kfull, vfull, P, new_pos, new_slots, B)
+        elif new_slots:
+            kv.store_positions(kfull, vfull, new_pos, new_slots)
         # Keep this batch's buffers for the next round when every row's KV is contiguous in
         # them (all suffixes equally long) and they fit the budget: rows that come back
         # extended are then not gathered again.

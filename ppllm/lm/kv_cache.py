@@ -117,6 +117,36 @@ class KVStore:
         del self.free[len(self.free) - n :]
         return out
 
+    # ---------------------------------------------------------------- storing a forward's K/V
+    def store_column(self, kbuf: torch.Tensor, vbuf: torch.Tensor, P: int, rows: list[int], slots: list[int],
+                     B: int) -> None:
+        """Position P of buffer rows `rows` (ascending; all B rows when len(rows) == B) into
+        `slots`: one decode step's new keys and values, (layers, rows, heads, head_dim)."""
+        n = len(slots)
+        if slots == list(range(slots[0], slots[0] + n)) and rows == list(range(rows[0], rows[0] + n)):
+            s0, b0 = slots[0], rows[0]  # consecutive rows into consecutive slots: a slice copy
+            for pool, buf in ((self.k, kbuf), (self.v, vbuf)):
+                pool[:, s0 : s0 + n].copy_(buf[:, b0 : b0 + n, :, P])
+            return
+        dev = self.k.device
+        slots_t = torch.tensor(slots, dtype=torch.long, device=dev)
+        rows_t = None if n == B else torch.tensor(rows, dtype=torch.long, device=dev)
+        for pool, buf in ((self.k, kbuf), (self.v, vbuf)):
+            new = buf[:, :B, :, P] if rows_t is None else buf[:, :, :, P].index_select(1, rows_t)
+            pool.index_copy_(1, slots_t, new)
+
+    def store_positions(self, kbuf: torch.Tensor, vbuf: torch.Tensor, where: list[int], slots: list[int]) -> None:
+        """Buffer positions `where` (row b's position p as b · capacity + p) into `slots`."""
+        n_layers, heads, dim = self.shape
+        cap = kbuf.shape[3]
+        dev = self.k.device
+        bp = torch.tensor(where, dtype=torch.long, device=dev).view(-1, 1)
+        hs = torch.arange(heads, device=dev).view(1, heads)
+        src = (bp // cap * (heads * cap) + hs * cap + bp % cap).reshape(-1)
+        dst = (torch.tensor(slots, dtype=torch.long, device=dev).view(-1, 1) * heads + hs).reshape(-1)
+        for pool, buf in ((self.k, kbuf), (self.v, vbuf)):
+            pool.view(n_layers, -1, dim).index_copy_(1, dst, buf.view(n_layers, -1, dim).index_select(1, src))
+
     # ---------------------------------------------------------------- lookup
     def longest_prefix(self, tokens: tuple[int, ...], limit: int, key: Any = None) -> TrieNode:
         """The deepest cached node on `tokens`' path with depth <= limit. `key`: the
