@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = [
     "Rng", "SeededRng", "as_rng", "categorical_from_uniform", "children_of", "key_to_ints", "mix64", "stream_key",
-    "uniforms_at", "uniforms_of",
+    "uniforms_at", "uniforms_list", "uniforms_of",
 ]
 
 
@@ -217,6 +217,14 @@ def uniforms_at(states: np.ndarray, counters: np.ndarray) -> np.ndarray:
     uniforms: what `random()` returns when a stream's counter reaches that number."""
     z = mix64_array(states + counters * np.uint64(_STREAM))
     return (z >> np.uint64(11)).astype(np.float64) * _U53
+
+
+def uniforms_list(states: Sequence[int], counters: Sequence[int]) -> list[float]:
+    """`uniforms_at` on Python ints, as floats: per value in plain Python for a few streams
+    (a handful of array operations cost more there), by arrays for many."""
+    if len(states) > 16:
+        return uniforms_at(np.array(states, dtype=np.uint64), np.array(counters, dtype=np.uint64)).tolist()
+    return [(mix64((s + c * _STREAM) & _M64) >> 11) * _U53 for s, c in zip(states, counters, strict=True)]
 
 
 def children_of(rng: Rng, name: str, indices: Sequence[int]) -> list[Rng]:

@@ -57,3 +57,18 @@ def test_vectorised_uniforms_equal_each_stream_drawn_alone() -> None:
     got = uniforms_of(rngs)
     assert got.tolist() == [t.random() for t in twins]
     assert np.all((got >= 0) & (got < 1))
+
+
+@pytest.mark.parametrize("n", [3, 40])  # the plain-Python and the array path
+def test_uniforms_list_is_each_stream_at_that_counter(n: int) -> None:
+    from ppllm.rng import uniforms_list
+
+    rngs = [SeededRng(7).child("slot", i) for i in range(n)]
+    counters = [i % 5 + 1 for i in range(n)]
+    want = []
+    for r, c in zip(rngs, counters, strict=True):
+        for _ in range(c):
+            u = r.random()
+        want.append(u)
+    assert uniforms_list([r.state for r in rngs], counters) == want
+    assert uniforms_list([r.state for r in rngs], [c + 1 for c in counters]) != want  # its broken twin

@@ -113,3 +113,14 @@ def test_broken_twin_a_block_search_that_forgets_the_earlier_blocks_fails_the_ch
     assert draw_tokens(torch.from_numpy(x), u)[0] == want
     monkeypatch.setattr(td, "_inverse_cdf", forgets_earlier_blocks)
     assert draw_tokens(torch.from_numpy(x), u)[0] != want
+
+
+@pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy", "torch"])
+def test_draws_that_share_rows_by_index_equal_draws_on_the_repeated_rows(numpy_on_cpu, monkeypatch) -> None:
+    monkeypatch.setattr(sampling_torch, "NUMPY_ON_CPU", numpy_on_cpu)
+    x = torch.from_numpy(_logits(3, 3, 25))
+    index = [2, 0, 0, 1, 2, 2, 0]
+    u = np.random.default_rng(4).random(len(index))
+    shared = draw_tokens(x, u, 0.8, None, None, index)
+    assert shared == draw_tokens(x[index], u, 0.8, None, None)
+    assert shared != draw_tokens(x[[0] * len(index)], u, 0.8, None, None)  # the twin: every draw on row 0

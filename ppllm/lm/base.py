@@ -34,7 +34,7 @@ import numpy as np
 from ..distributions import Distribution, Draw
 from ..program import Shared
 from ..request import Request
-from ..rng import Rng, SeededRng, uniforms_at
+from ..rng import Rng, SeededRng, uniforms_list
 from .context import Chunk, Context, ContextKey
 from .requests import (
     ChunkDraw,
@@ -257,13 +257,13 @@ class LM(Shared):
             at.append(j)
         log_q = [0.0] * n
         log_p = [0.0] * n
-        states = np.fromiter((r.state for r in requests), dtype=np.uint64, count=n)
-        counters = np.fromiter((r.counter for r in requests), dtype=np.uint64, count=n)
+        states = [r.state for r in requests]
+        counters = [r.counter for r in requests]
         live = list(range(n))
         step = 0
         while live:
             step += 1
-            u = uniforms_at(states[live], counters[live] + np.uint64(step)).tolist()
+            u = uniforms_list([states[i] for i in live], [counters[i] + step for i in live])
             keys = [paths[at[i]][0] for i in live]
             seen: set[int] = set()
             for i, k in zip(live, keys, strict=True):  # positions evaluated: one per distinct context

@@ -287,10 +287,9 @@ class HFLM(LM):
                     members: list[int]) -> tuple[list, list, list]:
         """The draws of requests with one kind of distribution; `index`: each one's row."""
         d = dists[members[0]]
-        if index != list(range(len(rows))):
-            rows = rows.index_select(0, torch.tensor(index, device=self.device))
         mask = None if d.mask is None else self._masks.of([dists[i].mask for i in members])
-        return draw_tokens(rows, np.asarray(u, dtype=np.float64), d.temperature, mask, d.top_p)
+        return draw_tokens(rows, np.asarray(u, dtype=np.float64), d.temperature, mask, d.top_p,
+                           None if index == list(range(len(rows))) else index)
 
     def _next_rows(self, contexts: list[tuple[int, ...]] | list[ContextKey], remember: bool = True,
                    normalised: bool = True) -> torch.Tensor:

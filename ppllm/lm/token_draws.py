@@ -30,13 +30,18 @@ _BLOCKED_FROM = 4096  # vocabularies at least this large are drawn in blocks
 
 
 def draw_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float = 1.0,
-                mask: torch.Tensor | None = None, top_p: float | None = None) -> tuple[list, list, list]:
+                mask: torch.Tensor | None = None, top_p: float | None = None,
+                index: list[int] | None = None) -> tuple[list, list, list]:
     """(tokens, log q, log p) of each row of `logits` (B, V), unnormalised log-weights (float32
     logits or float64 log-probabilities), drawn at `u` (B,) from the tempered, masked (True =
-    allowed; (V,) or (B, V)) and truncated distribution; log p under the model itself."""
+    allowed; (V,) or (B, V)) and truncated distribution; log p under the model itself.
+    `index`: draw j from row index[j] (draws that share a row), len(u) draws."""
     plain_top_p = top_p is None or top_p >= 1.0
     if sampling_torch.NUMPY_ON_CPU and logits.device.type == "cpu" and plain_top_p:
-        return _draw_numpy(logits.numpy(), u, temperature, None if mask is None else mask.numpy())
+        x = logits.numpy()
+        return _draw_numpy(x if index is None else x[index], u, temperature, None if mask is None else mask.numpy())
+    if index is not None:
+        logits = logits.index_select(0, torch.tensor(index, device=logits.device))
     return _draw_torch(logits, u, temperature, mask, top_p)
 
 
