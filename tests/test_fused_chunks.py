@@ -91,8 +91,9 @@ def test_broken_twin_a_fused_draw_one_uniform_late_fails_the_comparison(setting,
     assert "tokens" in _differences(_run(lm, True, prompt, stop), token, atol)
 
 
-def test_a_fused_draw_moves_the_stream_on_as_the_token_draws_do(tiny_dir):
-    lm = HFLM.load(tiny_dir)
+def _one_chunk_both_ways(lm):
+    """One chunk drawn fused and token by token from the same stream: what each gives, and
+    the stream's counter and next uniform after it."""
     ctx = lm.context(PROMPT)
     dist = lm.chunk(ctx, max_tokens=6, temperature=4.0)
     got = {}
@@ -111,9 +112,24 @@ def test_a_fused_draw_moves_the_stream_on_as_the_token_draws_do(tiny_dir):
             answer = lm.evaluate([req])[0]
             assert isinstance(req, DrawChunk) == fused
         got[fused] = (draw.value.tokens, draw.log_prob, draw.extras["model_log_prob"], rng.counter, rng.random())
-    assert got[True][0] == got[False][0] and got[True][3:] == got[False][3:]
-    assert np.allclose(got[True][1:3], got[False][1:3], rtol=0, atol=1e-5)  # float32 rounding
+    return got
+
+
+def _same_draw(got) -> bool:
+    return (got[True][0] == got[False][0] and got[True][3:] == got[False][3:]
+            and bool(np.allclose(got[True][1:3], got[False][1:3], rtol=0, atol=1e-5)))  # float32 rounding
+
+
+def test_a_fused_draw_moves_the_stream_on_as_the_token_draws_do(tiny_dir):
+    got = _one_chunk_both_ways(HFLM.load(tiny_dir))
+    assert _same_draw(got)
     assert got[True][3] == len(got[True][0])  # one uniform per token
+
+
+def test_broken_twin_a_fused_draw_one_uniform_late_is_not_the_same_draw(tiny_dir, monkeypatch):
+    real = lm_base.uniforms_list
+    monkeypatch.setattr(lm_base, "uniforms_list", lambda states, counters: real(states, [c + 1 for c in counters]))
+    assert not _same_draw(_one_chunk_both_ways(HFLM.load(tiny_dir)))
 
 
 def test_identical_fused_requests_get_one_answer_and_other_positions_differ(tiny_dir):
