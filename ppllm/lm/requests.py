@@ -54,10 +54,11 @@ class NextTokenLogprobs(Request):
         return ("next", self.tokens)
 
 
-class ContinuationLogprobs(Request):
-    """Log-probability vectors at each position of `continuation` after `tokens`: shape (L, V)."""
+class _AfterTokens(Request):
+    """A question about given tokens `continuation` after `tokens`; its key starts with `kind`."""
 
     __slots__ = ("backend", "tokens", "continuation", "tokens_cost")
+    kind = ""
 
     def __init__(self, lm: LM, tokens: tuple[int, ...], continuation: tuple[int, ...]) -> None:
         self.backend = lm
@@ -66,7 +67,14 @@ class ContinuationLogprobs(Request):
         self.tokens_cost = len(continuation)
 
     def key(self) -> Hashable:
-        return ("cont", self.tokens, self.continuation)
+        return (self.kind, self.tokens, self.continuation)
+
+
+class ContinuationLogprobs(_AfterTokens):
+    """Log-probability vectors at each position of `continuation` after `tokens`: shape (L, V)."""
+
+    __slots__ = ()
+    kind = "cont"
 
 
 @dataclass(frozen=True)
@@ -101,19 +109,11 @@ class SampleChunk(Request):
         return ("sample", self.tokens, d.stop, d.max_tokens, d.temperature, d.top_p, mask, self.seed)
 
 
-class ScoreTokens(Request):
+class ScoreTokens(_AfterTokens):
     """Log-probabilities, under the model, of each token of `continuation` after `tokens`."""
 
-    __slots__ = ("backend", "tokens", "continuation", "tokens_cost")
-
-    def __init__(self, lm: LM, tokens: tuple[int, ...], continuation: tuple[int, ...]) -> None:
-        self.backend = lm
-        self.tokens = tokens
-        self.continuation = continuation
-        self.tokens_cost = len(continuation)
-
-    def key(self) -> Hashable:
-        return ("score", self.tokens, self.continuation)
+    __slots__ = ()
+    kind = "score"
 
 
 class TokenDraw(NamedTuple):
