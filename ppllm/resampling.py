@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable
+from functools import lru_cache
 from itertools import accumulate
 from math import comb
 
@@ -73,7 +74,14 @@ def multinomial(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
 
 
 def _binom_pmf_list(n: int, p: float) -> list[float]:
-    return [comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(n + 1)]
+    q = 1 - p
+    return [c * p**j * q ** (n - j) for j, c in enumerate(_binomial_row(n))]
+
+
+@lru_cache(maxsize=256)
+def _binomial_row(n: int) -> tuple[int, ...]:
+    """C(n, 0..n), exact integers: the same products as `comb` per entry."""
+    return tuple(comb(n, j) for j in range(n + 1))
 
 
 def _binom_pmf(n: int, p: float) -> np.ndarray:

@@ -75,9 +75,12 @@ def test_an_empty_mask_and_a_nan_row_are_errors() -> None:
         draw_tokens(x, np.array([0.5, 0.5]))
 
 
+@pytest.mark.parametrize("search", ["python", "vector"])
 @pytest.mark.parametrize("vocab", [25, 5000], ids=["small", "blocked"])
 @pytest.mark.parametrize("u", [0.0, 1.0 - 2**-53])
-def test_extreme_uniforms_land_on_possible_tokens(u, vocab) -> None:
+def test_extreme_uniforms_land_on_possible_tokens(u, vocab, search, monkeypatch) -> None:
+    if search == "vector":
+        monkeypatch.setattr(td, "_SEARCH_IN_PYTHON", 0)
     x = _logits(3, 16, vocab)
     x[:, -3:] = -np.inf  # the search clamps to the last index at u -> 1: it must step back
     tok, _, _ = draw_tokens(torch.from_numpy(x), np.full(16, u))
@@ -89,10 +92,53 @@ def test_broken_twin_a_search_that_does_not_step_back_lands_on_an_impossible_tok
         return np.minimum((np.cumsum(w, axis=1) <= threshold[:, None]).sum(axis=1), w.shape[1] - 1)
 
     monkeypatch.setattr(td, "_inverse_cdf", clamps_only)
+    monkeypatch.setattr(td, "_SEARCH_IN_PYTHON", 0)
     x = _logits(3, 16, 25)
     x[:, -3:] = -np.inf
     tok, _, _ = draw_tokens(torch.from_numpy(x), np.full(16, 1.0 - 2**-53))
     assert not np.isfinite(x[np.arange(16), tok]).all()
+
+
+def test_broken_twin_a_python_search_that_does_not_step_back_lands_on_an_impossible_token(monkeypatch) -> None:
+    monkeypatch.setattr(td, "_last_possible", lambda w_row: len(w_row) - 1)
+    x = _logits(3, 16, 25)
+    x[:, -3:] = -np.inf
+    tok, _, _ = draw_tokens(torch.from_numpy(x), np.full(16, 1.0 - 2**-53))
+    assert not np.isfinite(x[np.arange(16), tok]).all()
+
+
+def _both_searches(x: np.ndarray, u: np.ndarray, temperature: float, mask, index, monkeypatch):
+    """(Python search, vector search) of the same draws."""
+    args = (torch.from_numpy(x), u, temperature, None if mask is None else torch.from_numpy(mask), None, index)
+    small = draw_tokens(*args)
+    with monkeypatch.context() as m:
+        m.setattr(td, "_SEARCH_IN_PYTHON", 0)
+        vector = draw_tokens(*args)
+    return small, vector
+
+
+@pytest.mark.parametrize("temperature,masked", [(1.0, False), (0.6, False), (1.0, True), (1.7, True)])
+@pytest.mark.parametrize("shared", [False, True], ids=["own rows", "shared rows"])
+def test_the_python_search_gives_the_vector_search_floats(temperature, masked, shared, monkeypatch) -> None:
+    """Bit for bit (tokens, log q, log p), so which search runs never changes a draw."""
+    x = _logits(5, 6, 25)
+    mask = np.random.default_rng(1).random(25) < 0.5 if masked else None
+    index = [5, 0, 0, 3, 1, 2, 4, 5, 5, 0] if shared else None
+    u = np.random.default_rng(6).random(len(index) if shared else 6)
+    u[:2] = [0.0, 1.0 - 2**-53]
+    small, vector = _both_searches(x, u, temperature, mask, index, monkeypatch)
+    assert small == vector
+    assert len(set(small[0])) >= 3
+
+
+def test_broken_twin_a_python_search_at_u_instead_of_u_times_the_total_differs(monkeypatch) -> None:
+    """The equality can fail: a search that compares u itself with unnormalised weights."""
+    x = _logits(5, 6, 25)
+    u = np.random.default_rng(6).random(6)
+    real = td.bisect_right
+    monkeypatch.setattr(td, "bisect_right", lambda cdf, t: real(cdf, t / cdf[-1]))
+    small, vector = _both_searches(x, u, 1.0, None, None, monkeypatch)
+    assert small != vector
 
 
 def test_broken_twin_a_block_search_that_forgets_the_earlier_blocks_fails_the_check(monkeypatch) -> None:

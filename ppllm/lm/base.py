@@ -251,7 +251,9 @@ class LM(Shared):
         at: list[int] = []
         for r in requests:
             d = r.dist
-            j = start.setdefault((r.context, d.stop, d.max_tokens), len(paths))
+            # a path's draws are alike (the same settings), so the path's own distribution
+            # stands for each of them: rounds mostly hold one distribution object, one group
+            j = start.setdefault((r.context, d.stop, d.max_tokens, d.temperature, d.top_p, id(d.mask)), len(paths))
             if j == len(paths):
                 paths.append([r.context, (), d, False])
             at.append(j)
@@ -270,7 +272,7 @@ class LM(Shared):
                 if id(k) not in seen:
                     seen.add(id(k))
                     requests[i].tokens_cost += 1
-            toks, lqs, lps = self.draw_tokens_at(keys, [requests[i].dist for i in live], u)
+            toks, lqs, lps = self.draw_tokens_at(keys, [paths[at[i]][2] for i in live], u)
             nxt: dict[tuple[int, int], int] = {}
             still = []
             for i, tok, lq, lp in zip(live, toks, lqs, lps, strict=True):

@@ -76,6 +76,7 @@ class HFLM(LM):
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.device = next(model.parameters()).device
+        self._on_cpu = self.device.type == "cpu"
         self.dtype = next(model.parameters()).dtype
         self.max_positions = int(
             getattr(text_config, "max_position_embeddings", None)
@@ -263,8 +264,9 @@ class HFLM(LM):
         rows = self._next_rows(list(where), remember=False, normalised=False)
         n = len(contexts)
         d0 = dists[0]
-        if all(d is d0 for d in dists):  # one distribution (the usual round): one group
-            groups = [list(range(n))]
+        t0, p0, m0 = d0.temperature, d0.top_p, d0.mask is None
+        if all(d is d0 or (d.temperature == t0 and d.top_p == p0 and (d.mask is None) is m0) for d in dists):
+            groups = [list(range(n))]  # one kind of distribution (the usual round): one group
         else:
             by: dict[tuple, list[int]] = {}
             for i, d in enumerate(dists):
@@ -424,7 +426,7 @@ class HFLM(LM):
             if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.vocab_size):
                 check_token_ids(ids_np, self.vocab_size, self.name)
         input_ids, position_ids = torch.from_numpy(ids_np), torch.from_numpy(pos_np)
-        if dev.type != "cpu":
+        if not self._on_cpu:
             input_ids, position_ids = input_ids.to(dev), position_ids.to(dev)
         mask = None
         if ragged or (S > 1 and P > 0):

@@ -17,6 +17,8 @@ Both match the host sampler (`base.draw_from_rows`) row by row, to float roundin
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 import torch
 
@@ -27,6 +29,7 @@ __all__ = ["DeviceMasks", "draw_tokens"]
 
 _BLOCK = 512  # entries per block of the blocked inverse CDF
 _BLOCKED_FROM = 4096  # vocabularies at least this large are drawn in blocks
+_SEARCH_IN_PYTHON = 32  # up to this many draws on a small vocabulary search in Python
 
 
 def draw_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float = 1.0,
@@ -39,7 +42,10 @@ def draw_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float = 1.0,
     plain_top_p = top_p is None or top_p >= 1.0
     if sampling_torch.NUMPY_ON_CPU and logits.device.type == "cpu" and plain_top_p:
         x = logits.numpy()
-        return _draw_numpy(x if index is None else x[index], u, temperature, None if mask is None else mask.numpy())
+        m = None if mask is None else mask.numpy()
+        if index is not None and m is not None and m.ndim == 2:  # a mask per draw: rows per draw too
+            x, index = x[index], None
+        return _draw_numpy(x, u, temperature, m, index)
     if index is not None:
         logits = logits.index_select(0, torch.tensor(index, device=logits.device))
     return _draw_torch(logits, u, temperature, mask, top_p)
@@ -84,11 +90,12 @@ def _draw_torch(logits: torch.Tensor, u: np.ndarray, temperature: float, mask: t
     return picked[:, 0].astype(np.int64).tolist(), picked[:, 1].tolist(), picked[:, 2].tolist()
 
 
-def _draw_numpy(x: np.ndarray, u: np.ndarray, temperature: float,
-                mask: np.ndarray | None) -> tuple[list, list, list]:
+def _draw_numpy(x: np.ndarray, u: np.ndarray, temperature: float, mask: np.ndarray | None,
+                index: list[int] | None = None) -> tuple[list, list, list]:
     """The CPU draw on `x` (float32 logits or float64 log-weights), with one (B, V) float64
     array alive at a time (the round's weights), built in place, and few NumPy calls (at a
-    small vocabulary and a few rows, each call's overhead is the cost, not the arithmetic)."""
+    small vocabulary and a few rows, each call's overhead is the cost, not the arithmetic).
+    `index`: draw j from row index[j]; the weights are built once per row."""
     B, V = x.shape
     w = x.astype(np.float64)  # a copy, also of float64 input
     top = w.max(axis=1)
@@ -121,6 +128,12 @@ def _draw_numpy(x: np.ndarray, u: np.ndarray, temperature: float,
                     raise ValueError("every token is masked out: the distribution is empty")
                 w[b] = np.exp((allowed - shift[b]) / temperature)
                 total[b] = w[b].sum()
+    n = len(u)
+    if V < _BLOCKED_FROM and n <= _SEARCH_IN_PYTHON and B * V <= _SEARCH_IN_PYTHON * 32:
+        return _search_in_python(x, w, u, temperature, plain, top, z, shift, total, index)
+    if index is not None:  # per draw from here on
+        w, top, z, shift, total, x = w[index], top[index], z[index], shift[index], total[index], x[index]
+        B = n
     tok = _inverse_cdf(w, np.asarray(u, dtype=np.float64) * total)
     xt = x[np.arange(B), tok].astype(np.float64)
     log_p = xt - top - np.log(z)
@@ -130,12 +143,43 @@ def _draw_numpy(x: np.ndarray, u: np.ndarray, temperature: float,
     return tok.tolist(), log_q.tolist(), log_p.tolist()
 
 
+def _search_in_python(x: np.ndarray, w: np.ndarray, u, temperature: float, plain: bool, top: np.ndarray,
+                      z: np.ndarray, shift: np.ndarray, total: np.ndarray,
+                      index: list[int] | None) -> tuple[list, list, list]:
+    """`_inverse_cdf` and the log-probabilities for a few draws on a small vocabulary, each
+    draw a binary search of its row's cumulative weights in Python (NumPy's per-call cost is
+    most of a vector search there). The floats are the vector path's: the same cumulative
+    sums, normalisers and logarithms from NumPy, the same IEEE products and differences."""
+    V = w.shape[1]
+    cdf = np.add.accumulate(w, axis=1).tolist()  # np.cumsum, without its wrapper's cost
+    rows, tops, log_z, totals = x.tolist(), top.tolist(), np.log(z).tolist(), total.tolist()
+    if not plain:
+        shifts, log_total = shift.tolist(), np.log(total).tolist()
+    tokens, log_q, log_p = [], [], []
+    for j, uj in enumerate(u.tolist() if isinstance(u, np.ndarray) else u):
+        b = j if index is None else index[j]
+        i = bisect_right(cdf[b], uj * totals[b])  # the first cumulative weight above u · total
+        if i >= V:  # rounding put the threshold at the total (only there can weight be zero)
+            i = _last_possible(w[b])
+        xi = rows[b][i]
+        tokens.append(i)
+        lp = xi - tops[b] - log_z[b]
+        log_p.append(lp)
+        log_q.append(lp if plain else (xi - shifts[b]) / temperature - log_total[b])
+    return tokens, log_q, log_p
+
+
+def _last_possible(w_row: np.ndarray) -> int:
+    """The last index of positive weight: where a threshold at the row's total lands."""
+    return int(np.flatnonzero(w_row > 0)[-1])
+
+
 def _inverse_cdf(w: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Per row, the first index whose cumulative weight exceeds `threshold` (never one of
     weight zero): `SeededRng.categorical` on unnormalised weights."""
     B, V = w.shape
     if V < _BLOCKED_FROM:
-        cdf = np.cumsum(w, axis=1)
+        cdf = np.add.accumulate(w, axis=1)
         idx = (cdf <= threshold[:, None]).sum(axis=1)
     else:
         n_blocks = -(-V // _BLOCK)
