@@ -72,6 +72,11 @@ _ATOMS = frozenset({int, float, bool, str, bytes, type(None), complex})  # immut
 _KEPT = _ATOMS | {types.FunctionType, types.BuiltinFunctionType, type}
 
 
+def _read_only(values: dict[str, Any]) -> dict[int, Any]:
+    """A deepcopy memo that keeps read-only arrays (constants) as they are."""
+    return {id(v): v for v in values.values() if isinstance(v, np.ndarray) and not v.flags.writeable}
+
+
 def _flat_copy(values: dict[str, Any]) -> dict[str, Any] | None:
     """`copy.deepcopy(values)` when every value is a list of atoms (a program's history of
     steps and scores), each its own: the lists copied, without deepcopy's per-item dispatch.
@@ -187,17 +192,23 @@ class Program:
         user = {k: v for k, v in self.__dict__.items() if k != _STATE}
         # Atoms and `Shared` objects (LMs, contexts) are taken as they are, without a trip
         # through deepcopy's dispatch (a clone per duplicate on every resampling); read-only
-        # arrays (a token mask, a table) are constants: shared, not copied.
-        kept = {k: v for k, v in user.items() if type(v) in _KEPT or isinstance(v, Shared)}
-        rest = {k: v for k, v in user.items() if k not in kept}
-        memo = {id(v): v for v in rest.values() if isinstance(v, np.ndarray) and not v.flags.writeable}
+        # arrays (a token mask, a table) are constants: shared, not copied. One pass over
+        # the attributes: the attribute order stays the original's.
+        out: dict[str, Any] = {}
+        rest: dict[str, Any] = {}
+        for k, v in user.items():
+            if type(v) in _KEPT or isinstance(v, Shared):
+                out[k] = v
+            else:
+                out[k] = rest[k] = v
         try:
             copied = _flat_copy(rest) if rest else rest
             if copied is None:
-                copied = copy.deepcopy(rest, memo)
-            new.__dict__.update({k: kept[k] if k in kept else copied[k] for k in user})
+                copied = copy.deepcopy(rest, _read_only(rest))
+            out.update(copied)
+            new.__dict__.update(out)
         except Exception as e:  # name the attribute: deepcopy's own error does not
-            name = _uncopyable(user, memo)
+            name = _uncopyable(user, _read_only(rest))
             raise TypeError(
                 f"cannot copy {type(self).__name__}.{name} ({type(user[name]).__name__}: {e}); particles are "
                 f"copied on resampling, so wrap what they share in ppllm.Shared (LMs and reward models are "

@@ -48,7 +48,7 @@ def multinomial(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
     which is the same multinomial law as n separate draws; it also gives the exact oracle
     C(2n−1, n) count vectors to enumerate instead of nⁿ ordered draws.
     """
-    counts = np.zeros(len(W), dtype=np.int64)
+    counts = [0] * len(W)
     tail = np.cumsum(W[::-1])[::-1].tolist()  # tail[i] = Σ_{j≥i} W_j
     W = W.tolist()
     # A seeded stream draws each count by the inverse CDF in plain Python: the same floats
@@ -64,12 +64,13 @@ def multinomial(rng: Rng, W: np.ndarray, n: int) -> np.ndarray:
             break
         p = min(W[i] / tail[i], 1.0)
         if not p > 0:
-            counts[i] = 0
-        elif seeded:
-            counts[i] = _inverse_cdf_list(_binom_pmf_list(left, p), rng.random())
+            continue
+        if seeded:
+            c = _inverse_cdf_list(_binom_pmf_list(left, p), rng.random())
         else:
-            counts[i] = rng.categorical(_binom_pmf(left, p))
-        left -= int(counts[i])
+            c = int(rng.categorical(_binom_pmf(left, p)))
+        counts[i] = c
+        left -= c
     return np.repeat(np.arange(len(W)), counts)
 
 

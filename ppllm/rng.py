@@ -83,12 +83,17 @@ def mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
+_MIX = tuple(np.uint64(c) for c in (_GOLDEN, 30, 0xBF58476D1CE4E5B9, 27, 0x94D049BB133111EB, 31))
+_U11, _STREAM64 = np.uint64(11), np.uint64(_STREAM)
+
+
 def mix64_array(z: np.ndarray) -> np.ndarray:
     """`mix64` on a uint64 array (modular arithmetic, as in the scalar version)."""
-    z = z + np.uint64(_GOLDEN)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    golden, s1, m1, s2, m2, s3 = _MIX
+    z = z + golden
+    z = (z ^ (z >> s1)) * m1
+    z = (z ^ (z >> s2)) * m2
+    return z ^ (z >> s3)
 
 
 def stream_key(seed: int, key: Sequence[int] = ()) -> int:
@@ -175,8 +180,8 @@ class SeededRng:
             return np.array([self.random() for _ in range(size)], dtype=np.float64)
         counters = np.arange(self.counter + 1, self.counter + size + 1, dtype=np.uint64)
         self.counter += size
-        z = mix64_array(np.uint64(self.state) + counters * np.uint64(_STREAM))
-        return (z >> np.uint64(11)).astype(np.float64) * _U53
+        z = mix64_array(np.uint64(self.state) + counters * _STREAM64)
+        return (z >> _U11).astype(np.float64) * _U53
 
     def integer_seed(self) -> int:
         """A 63-bit integer from this stream, for libraries that take a plain seed."""
@@ -215,8 +220,8 @@ def uniforms_of(rngs: Sequence[SeededRng]) -> np.ndarray:
 def uniforms_at(states: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """Draw number `counters[i]` of the stream with state `states[i]` (uint64 arrays), as
     uniforms: what `random()` returns when a stream's counter reaches that number."""
-    z = mix64_array(states + counters * np.uint64(_STREAM))
-    return (z >> np.uint64(11)).astype(np.float64) * _U53
+    z = mix64_array(states + counters * _STREAM64)
+    return (z >> _U11).astype(np.float64) * _U53
 
 
 def uniforms_list(states: Sequence[int], counters: Sequence[int]) -> list[float]:

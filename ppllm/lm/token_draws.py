@@ -17,6 +17,7 @@ Both match the host sampler (`base.draw_from_rows`) row by row, to float roundin
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 
 import numpy as np
@@ -102,7 +103,7 @@ def _draw_numpy(x: np.ndarray, u: np.ndarray, temperature: float, mask: np.ndarr
     w -= top[:, None]
     np.exp(w, out=w)  # exp(x − top): max 1, so no overflow
     z = w.sum(axis=1)  # the model's normaliser: >= 1 unless a top was NaN or infinite
-    if not np.isfinite(z).all():  # a NaN or +inf logit, or a row with no possible token
+    if not all(map(math.isfinite, z.tolist())):  # a NaN or +inf logit, or no possible token
         raise ValueError("categorical: probabilities must be finite with a positive sum")
     plain = temperature == 1.0 and mask is None
     shift = top  # log w = (x − shift) / T
