@@ -153,6 +153,46 @@ def test_broken_twin_a_decoder_off_by_one_position_is_refused(monkeypatch):
     assert _rounds(lm, n_rounds=3) > 1e-3
 
 
+def _decode_with_spare_rows(decoder, model, spare: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A prefill and one step of 2 rows on buffers with `spare` extra rows of garbage:
+    (step logits, the buffers' first 2 rows, their spare rows)."""
+    n_layers, heads, dim = nf._kv_layout(model)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, model.config.vocab_size, (2, 6), generator=gen)
+    pos = torch.arange(6).expand(2, -1)
+    k = torch.randn(n_layers, 2 + spare, heads, 6, dim, generator=gen)
+    v = torch.randn(n_layers, 2 + spare, heads, 6, dim, generator=gen)
+    garbage = k[:, 2:].clone()
+    with torch.no_grad():
+        decoder(ids[:, :5], pos[:, :5], None, k, v, 0, 5)
+        step = decoder(ids[:, 5:], pos[:, 5:], None, k, v, 5, 1)
+    assert torch.equal(k[:, 2:], garbage)  # rows past B are left alone
+    return step, k[:, :2], v[:, :2]
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
+def test_buffers_with_spare_rows_give_the_same_logits_and_keys(build):
+    """The backend's buffers keep spare rows for growth; the decoder reads and writes only
+    the batch's rows."""
+    model = build(_tokenizer())
+    decoder = nf.NativeDecoder.for_model(model)
+    exact = _decode_with_spare_rows(decoder, model, 0)
+    spare = _decode_with_spare_rows(decoder, model, 3)
+    for a, b in zip(exact, spare, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_broken_twin_views_over_every_row_of_the_buffers_fail(monkeypatch):
+    """Views that ignore the batch size attend over the spare rows too: not the batch's shape."""
+    model = _gpt2(_tokenizer())
+    decoder = nf.NativeDecoder.for_model(model)
+    _decode_with_spare_rows(decoder, model, 3)
+    real = nf._views
+    monkeypatch.setattr(nf, "_views", lambda k, v, rows, past, end: real(k, v, k.shape[1], past, end))
+    with pytest.raises(RuntimeError):
+        _decode_with_spare_rows(decoder, model, 3)
+
+
 # ---------------------------------------------------------------------- resident arrangement
 class _Node:
     pass
@@ -194,6 +234,18 @@ def test_broken_twin_an_arrangement_that_skips_the_copies_fails():
     _check_arrangement(3, [2, 2, 0])
     with pytest.raises(AssertionError):
         _check_arrangement(3, [2, 2, 0], arrange=no_copies)
+
+
+def test_rows_that_all_extend_in_place_are_the_identity_and_a_permutation_is_not():
+    nodes = [_Node() for _ in range(4)]
+    k = torch.zeros(1, 4, 1, 5, 1)
+    res = ResidentBatch(k, k.clone(), 4, 4, nodes)
+    same = res.arrange(list(nodes))
+    assert same.identity and same.order == [0, 1, 2, 3] and not same.copies
+    swapped = res.arrange([nodes[1], nodes[0], nodes[2], nodes[3]])
+    assert not swapped.identity  # the twin: the same rows in another order need the order back
+    _check_arrangement(4, [0, 1, 2, 3])
+    _check_arrangement(4, [1, 0, 2, 3])
 
 
 def test_a_round_with_a_new_node_is_not_arranged():

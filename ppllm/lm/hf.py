@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import LM, Context, SampleToken, TokenDraw, check_token_ids
+from .base import LM, ChunkDraw, Context, DrawChunk, SampleToken, TokenDraw, check_token_ids
 from .context import ContextKey, key_of
 from .hf_support import fast_decoder, kv_shape, quiet_transformers, stop_ids_of, tf_version
 from .kv_cache import (
@@ -392,8 +392,17 @@ class HFLM(LM):
         self._kv.evict()
         return out
 
-    @torch.no_grad()
+    def draw_chunks(self, requests: Sequence[DrawChunk]) -> list[ChunkDraw]:
+        with torch.no_grad():  # once for the chunk's forwards, not per position
+            return super().draw_chunks(requests)
+
     def _forward(self, plans: list[Plan]) -> tuple[torch.Tensor, list[int]]:
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._forward_no_grad(plans)
+        return self._forward_no_grad(plans)
+
+    def _forward_no_grad(self, plans: list[Plan]) -> tuple[torch.Tensor, list[int]]:
         kv = self._kv
         dev = self.device
         B = len(plans)
@@ -403,7 +412,6 @@ class HFLM(LM):
             plans = [plans[j] for j in order]
         past = [node.depth for _, _, node, _ in plans]
         need = [len(tokens) - keep for tokens, keep, _, _ in plans]
-        kbuf, vbuf = (kfull, vfull) if kfull.shape[1] == B else (kfull[:, :B], vfull[:, :B])
         cap = kfull.shape[3]
         if S == 1:  # the common round: one new token per row (every suffix is one token)
             suffix = None
@@ -433,9 +441,10 @@ class HFLM(LM):
             mask = batch_mask(past, lens, P, S, dev)
         keep = max(need)
         resident_ok = self._native is not None or buffer_layer_class() is not None
-        if self._native is not None:
-            logits = self._native(input_ids, position_ids, mask, kbuf, vbuf, P, keep)
+        if self._native is not None:  # it reads the buffers' first B rows itself
+            logits = self._native(input_ids, position_ids, mask, kfull, vfull, P, keep)
         else:
+            kbuf, vbuf = (kfull, vfull) if kfull.shape[1] == B else (kfull[:, :B], vfull[:, :B])
             logits = self._model_forward(input_ids, position_ids, mask, kbuf, vbuf, P, keep)
         self.stats["forwards"] += 1
         self.stats["rows"] += B

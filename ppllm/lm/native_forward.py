@@ -66,17 +66,19 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
-def _views(kbuf: torch.Tensor, vbuf: torch.Tensor, past: int, end: int) -> tuple[tuple[torch.Tensor, ...], ...]:
-    """Per layer, the buffers' new positions and whole past: sliced once for all layers and
-    split by one `unbind` each (indexing every layer's four views cost 16 calls at 4 layers)."""
-    return (kbuf[:, :, :, past:end].unbind(0), vbuf[:, :, :, past:end].unbind(0),
-            kbuf[:, :, :, :end].unbind(0), vbuf[:, :, :, :end].unbind(0))
+def _views(kbuf: torch.Tensor, vbuf: torch.Tensor, rows: int, past: int,
+           end: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """Per layer, the first `rows` rows' new positions and whole past: sliced once for all
+    layers and split by one `unbind` each (indexing every layer's four views cost 16 calls
+    at 4 layers); the buffers may have spare rows."""
+    return (kbuf[:, :rows, :, past:end].unbind(0), vbuf[:, :rows, :, past:end].unbind(0),
+            kbuf[:, :rows, :, :end].unbind(0), vbuf[:, :rows, :, :end].unbind(0))
 
 
 class NativeDecoder:
     """`decoder(input_ids, position_ids, mask, kbuf, vbuf, past, keep)`: float logits (B, keep, V)
     of the last `keep` positions, with the new tokens' keys and values written into
-    `kbuf[layer][:, :, past:past + S]` (and `vbuf`)."""
+    `kbuf[layer][:B, :, past:past + S]` (and `vbuf`); rows of the buffers past B are left alone."""
 
     def __init__(self, run: Callable[..., torch.Tensor], kind: str) -> None:
         self._run = run
@@ -159,7 +161,7 @@ def _gpt2(model: Any) -> Callable[..., torch.Tensor] | None:
         B, S = input_ids.shape
         end = past + S
         x = torch.embedding(wte, input_ids.reshape(-1)).add_(torch.embedding(wpe, position_ids.reshape(-1)))
-        k_new, v_new, k_all, v_all = _views(kbuf, vbuf, past, end)
+        k_new, v_new, k_all, v_all = _views(kbuf, vbuf, B, past, end)
         for i, (w1, b1, wa, ba, wp, bp, w2, b2, wf, bf, wo, bo) in enumerate(blocks):
             h = torch.layer_norm(x, (hidden,), w1, b1, eps)
             qkv = torch.addmm(ba, h, wa)
@@ -228,7 +230,7 @@ def _llama(model: Any) -> Callable[..., torch.Tensor] | None:
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * rope_scale).to(dtype)[:, None]
         sin = (emb.sin() * rope_scale).to(dtype)[:, None]
-        k_new, v_new, k_all, v_all = _views(kbuf, vbuf, past, end)
+        k_new, v_new, k_all, v_all = _views(kbuf, vbuf, B, past, end)
         for i, (w1, e1, qp, kp, vp, op, w2, e2, gp, up, dp) in enumerate(layers):
             h = rms(x, w1, e1)
             q = rotate(lin(h, qp).view(B, S, heads, dim).transpose(1, 2), cos, sin)

@@ -24,14 +24,13 @@ class Arrangement:
     """How a round sits in the resident buffers: `order[b]` is the request in batch row b;
     `copies` are (source row, destination row) pairs to copy before the forward."""
 
-    __slots__ = ("order", "copies")
+    __slots__ = ("order", "copies", "identity")
 
-    def __init__(self, order: list[int], copies: list[tuple[int, int]]) -> None:
+    def __init__(self, order: list[int], copies: list[tuple[int, int]], identity: bool | None = None) -> None:
         self.order, self.copies = order, copies
-
-    @property
-    def identity(self) -> bool:
-        return not self.copies and all(b == j for b, j in enumerate(self.order))
+        # True when every request stays in its own row: the batch runs in request order
+        self.identity = identity if identity is not None else (
+            not copies and all(b == j for b, j in enumerate(order)))
 
 
 class ResidentBatch:
@@ -59,6 +58,9 @@ class ResidentBatch:
         wants it, if it lies within the new batch; every other request takes a free row
         (of a node no request wants, or a new one) and is copied there. No copy reads a row
         that another copy writes."""
+        lasts = self.lasts
+        if len(nodes) == len(lasts) and all(a is b for a, b in zip(nodes, lasts, strict=True)):
+            return Arrangement(list(range(len(nodes))), [], identity=True)  # each row extended in place
         rows = [self.row_of.get(id(node), -1) for node in nodes]
         if not rows or min(rows) < 0:
             return None
