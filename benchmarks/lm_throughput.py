@@ -141,7 +141,7 @@ def runners(lm, ctx, chunk: int) -> dict[str, Callable[[int, int], int]]:
     ids = torch.tensor([ctx.tokens])
     stop = sorted(lm.eos_token_ids or {lm.eos_token_id})
     mask = _mask(lm, BANNED.get(lm.name, "e"))
-    mask_t = torch.from_numpy(mask)
+    mask_t = torch.from_numpy(mask.copy())  # the mask is read-only; torch wants writable memory
     model = lm.model
     cache_kw = lm._cache_kwarg  # transformers 5 renamed past_key_values to cache
 
@@ -428,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--memory", choices=("default", "none", "only"), default="default",
                    help="peak-memory runs (SmolLM2, fresh processes): with the full run, never, or alone")
     args = p.parse_args(argv)
+    unknown = [m for m in args.models.split(",") if m not in FULL]
+    if unknown:  # a typo would otherwise run nothing and still print a RESULT line
+        p.error(f"--models: {', '.join(unknown)} not in the plan (choose from {', '.join(FULL)})")
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
